@@ -1,0 +1,86 @@
+"""Process-wide settings: the worker thread limit and the default runtime's loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from typing import Literal
+
+LoopName = Literal["asyncio", "uvloop"]
+
+#: anyio's default for ``to_thread.run_sync``; forkwait counts threads the same way.
+DEFAULT_MAX_THREADS = 40
+
+
+def _uvloop_installed() -> bool:
+    # find_spec looks for the package without importing it: `import forkwait` stays light.
+    return importlib.util.find_spec("uvloop") is not None
+
+
+class _Settings:
+    """The settings, behind a lock; a child made by ``os.fork`` gets a fresh lock."""
+
+    __slots__ = ("lock", "max_threads", "loop")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.max_threads = DEFAULT_MAX_THREADS
+        self.loop: LoopName = "uvloop" if _uvloop_installed() else "asyncio"
+
+
+settings = _Settings()
+
+
+def _reset_lock_in_child() -> None:
+    # Another thread may have held the lock at the moment of the fork; it does not
+    # exist in the child, so the lock would never be released.
+    settings.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
+def configure(max_threads: int | None = None, loop: LoopName | None = None) -> None:
+    """Set the worker thread limit and the default runtime's event loop.
+
+    An option left as ``None`` keeps its current value. ``max_threads`` takes effect
+    at once; ``loop`` (``"uvloop"`` or ``"asyncio"``) must be chosen before the default
+    runtime starts, which happens on the first fork from plain sync code.
+
+        forkwait.configure(max_threads=8, loop="asyncio")
+    """
+    if max_threads is not None and (
+        isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1
+    ):
+        raise ValueError(
+            f"configure(max_threads=...) needs a whole number of threads >= 1, "
+            f"got {max_threads!r}"
+        )
+    if loop is not None:
+        if loop not in ("asyncio", "uvloop"):
+            raise ValueError(
+                f'configure(loop=...) must be "asyncio" or "uvloop", got {loop!r}'
+            )
+        if loop == "uvloop" and not _uvloop_installed():
+            raise ValueError(
+                'configure(loop="uvloop") needs uvloop, which is not installed here; '
+                'install it (pip install uvloop) or pass loop="asyncio"'
+            )
+    # Imported here, not at the top: the runtime and the pool import this module.
+    from ._runtime import runtime
+    from ._threads import pool
+
+    with settings.lock:
+        if loop is not None and loop != settings.loop:
+            running = runtime.running_loop_name()
+            if running is not None and running != loop:
+                raise RuntimeError(
+                    f"configure(loop={loop!r}) came after the default runtime started "
+                    f"on {running}; call configure() before the first fork from sync code"
+                )
+            settings.loop = loop
+        if max_threads is not None:
+            settings.max_threads = max_threads
+    if max_threads is not None:
+        pool.set_limit(max_threads)

@@ -1,0 +1,81 @@
+"""``fork()``: capture the call, choose where it runs, submit it."""
+
+from __future__ import annotations
+
+import contextvars
+from asyncio import events as _events
+from collections.abc import Awaitable, Callable
+from inspect import isawaitable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._callables import is_async_callable
+from ._future import Future, new_future
+from ._hosts import current_host, drive, spawn, thread_host
+from ._state import QUEUED, RUNNING
+from ._threads import pool
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_get_running_loop = _events._get_running_loop
+_copy_context = contextvars.copy_context
+
+
+@overload
+def fork(  # type: ignore[overload-overlap]
+    func: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+) -> Future[T]: ...
+@overload
+def fork(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]: ...
+def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    """Start ``func(*args, **kwargs)`` and return its ``Future`` at once.
+
+    A coroutine function runs as a task on the event loop; any other callable runs in a
+    worker thread. Every keyword goes to ``func``. The loop is the calling thread's
+    running loop, else the one a forked sync function works for, else the default
+    runtime (a background loop started on first use).
+
+        fut = fork(model, batch)      # runs in a worker thread
+        out = await fork(fetch, url)  # runs as a task
+    """
+    if is_async_callable(func):
+        fut = new_future(RUNNING, func)
+        try:
+            coro = func(*args, **kwargs)
+        except Exception as exc:  # bad arguments: the waiter gets them, as for sync calls
+            fut._set_exception(exc)
+            return fut
+        loop = _get_running_loop()
+        if loop is not None:
+            # The hot path: a task on the caller's own loop, which copies the context.
+            fut._task = loop.create_task(drive(fut, coro))
+            return fut
+        fut._state = QUEUED
+        fut._call = coro  # so that cancel() before the task starts can close it
+        spawn(thread_host(), fut, coro, _copy_context())
+        return fut
+    fut = new_future(QUEUED, func)
+    fut._call = (func, args, kwargs, _copy_context(), current_host())
+    pool.submit(fut)
+    return fut
+
+
+def chain(
+    fut: Future[Any], fn: Callable[[Future[Any]], Any], context: contextvars.Context
+) -> Future[Any]:
+    """The future behind ``fut.then(fn)``."""
+    child = new_future(RUNNING, fn)
+
+    def run_fn(done: Future[Any]) -> None:
+        try:
+            value = context.run(fn, done)
+        except BaseException as exc:
+            child._set_exception(exc)
+            return
+        if isawaitable(value):
+            spawn(current_host(), child, value, context)
+        else:
+            child._set_result(value)
+
+    fut.add_done_callback(run_fn)
+    return child

@@ -1,0 +1,139 @@
+"""The default runtime: one event loop in a background thread for plain sync code.
+
+Started on first use, uvloop where installed, stopped at interpreter exit, and
+forgotten in a child made by ``os.fork`` (its thread does not exist there), so the
+child starts its own on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+from ._config import settings
+
+logger = logging.getLogger("forkwait")
+
+# How long interpreter exit waits for the runtime's cancelled tasks to wind down.
+_EXIT_GRACE_SECONDS = 1.0
+
+
+def _new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "uvloop":
+        import uvloop  # imported here: `import forkwait` must not import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class DefaultRuntime:
+    """Owns the background loop and its thread."""
+
+    __slots__ = ("_lock", "_loop", "_thread", "_loop_name", "_abandoned", "_atexit")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._loop_name: str | None = None
+        # Loops inherited through os.fork: kept referenced, never run or closed, so
+        # that collecting them does not warn about an unclosed loop in the child.
+        self._abandoned: list[Any] = []
+        self._atexit = False
+        os.register_at_fork(after_in_child=self._forget_after_fork)
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The runtime's loop, started on first use."""
+        loop = self._loop
+        if loop is not None:
+            return loop
+        return self._start()
+
+    def running_loop_name(self) -> str | None:
+        """``"uvloop"`` or ``"asyncio"`` while the runtime runs, else ``None``."""
+        return self._loop_name if self._loop is not None else None
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is not None:
+                return self._loop
+            name = settings.loop
+            started: list[asyncio.AbstractEventLoop] = []
+            ready = threading.Event()
+            thread = threading.Thread(
+                target=self._run,
+                args=(name, started, ready),
+                name="forkwait-runtime",
+                daemon=True,  # never holds up exit; atexit below stops it cleanly
+            )
+            thread.start()
+            ready.wait()
+            if not started:
+                raise RuntimeError(f"forkwait could not start its default {name} event loop")
+            self._thread = thread
+            self._loop_name = name
+            self._loop = started[0]
+            if not self._atexit:
+                atexit.register(self.stop)
+                self._atexit = True
+            return started[0]
+
+    def _run(
+        self, name: str, started: list[asyncio.AbstractEventLoop], ready: threading.Event
+    ) -> None:
+        try:
+            loop = _new_loop(name)
+        except BaseException:
+            ready.set()
+            raise
+        asyncio.set_event_loop(loop)
+        started.append(loop)
+        ready.set()
+        try:
+            loop.run_forever()
+            _cancel_leftovers(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def stop(self) -> None:
+        """Stop the loop and join its thread; the next use starts a new one."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        try:
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:  # already closed
+            return
+        thread.join(timeout=_EXIT_GRACE_SECONDS + 5.0)
+
+    def _forget_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        if self._loop is not None:
+            self._abandoned.append(self._loop)
+        self._loop = self._thread = None
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks still pending when the runtime stops, and say how many there were."""
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not tasks:
+        return
+    logger.warning(
+        "forkwait: %d forked call(s) still running when the default runtime stopped "
+        "were cancelled",
+        len(tasks),
+    )
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.wait(tasks, timeout=_EXIT_GRACE_SECONDS))
+
+
+runtime = DefaultRuntime()

@@ -1,0 +1,108 @@
+"""``wait`` and ``wait_all``: block in sync code, an awaitable in async code."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from asyncio import events as _events
+from collections.abc import Awaitable, Coroutine, Generator, Iterable
+from typing import Any, Generic, TypeVar
+
+from ._future import Future
+
+T = TypeVar("T")
+
+_get_running_loop = _events._get_running_loop
+
+
+class _Waiting(Generic[T]):
+    """What ``wait`` returns in async code: awaits once, warns if never awaited."""
+
+    __slots__ = ("_source", "_what", "_awaited")
+
+    def __init__(self, source: Awaitable[T], what: str) -> None:
+        self._source = source
+        self._what = what
+        self._awaited = False
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if self._awaited:
+            raise RuntimeError(f"the awaitable from {self._what} can be awaited only once")
+        self._awaited = True
+        return self._source.__await__()
+
+    def __del__(self) -> None:
+        if not self._awaited:
+            source = self._source
+            if isinstance(source, Coroutine):
+                source.close()  # ours says it better than "coroutine ... never awaited"
+            warnings.warn(
+                f"{self._what} was called in async code but never awaited; "
+                f"write `value = await {self._what}`",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+
+
+def _check_future(future: object, api: str) -> None:
+    if not isinstance(future, Future):
+        hint = ""
+        if hasattr(future, "__await__"):
+            hint = "; to wait for a plain awaitable, just `await` it"
+        raise TypeError(
+            f"{api}() expects a forkwait.Future from fork(), got "
+            f"{type(future).__qualname__} object {future!r}{hint}"
+        )
+
+
+def wait(future: Future[T], timeout: float | None = None) -> T:
+    """The value of ``future``: blocks in sync code; in async code, ``await wait(fut)``.
+
+    Raises the call's own exception, ``TimeoutError`` after ``timeout`` seconds (the
+    call keeps running), or ``forkwait.CancelledError`` if it was cancelled.
+
+        value = wait(fork(compute, 3))           # sync code
+        value = await wait(fork(compute, 3))     # async code
+    """
+    _check_future(future, "wait")
+    if _get_running_loop() is None:
+        return future.result(timeout)
+    source = future if timeout is None else _with_timeout(future, timeout)
+    # In async code the value arrives through the awaitable; typed as T for sync
+    # callers, whose use is the common one (async code has `await fut`).
+    return _Waiting(source, "forkwait.wait(fut)")  # type: ignore[return-value]
+
+
+async def _with_timeout(future: Future[T], timeout: float) -> T:
+    import anyio  # on the timeout path only; anyio's fail_after works on any backend
+
+    with anyio.fail_after(timeout):
+        return await future
+
+
+def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list[T]:
+    """The values of ``futures``, in their order (``torch.futures.wait_all``).
+
+    Blocks in sync code; in async code, ``await wait_all(futs)``. ``timeout`` bounds
+    the whole wait.
+
+        sizes = wait_all([fork(len, s) for s in words])
+    """
+    futs = list(futures)
+    for fut in futs:
+        _check_future(fut, "wait_all")
+    if _get_running_loop() is None:
+        if timeout is None:
+            return [fut.result() for fut in futs]
+        deadline = time.monotonic() + timeout
+        return [fut.result(max(deadline - time.monotonic(), 0.0)) for fut in futs]
+
+    async def gather() -> list[T]:
+        if timeout is None:
+            return [await fut for fut in futs]
+        import anyio
+
+        with anyio.fail_after(timeout):
+            return [await fut for fut in futs]
+
+    return _Waiting(gather(), "forkwait.wait_all(futures)")  # type: ignore[return-value]
