@@ -1,9 +1,9 @@
 """forkwait: ``torch.jit.fork``'s fork/wait model for plain Python, really in parallel.
 
-    from forkwait import fork, wait
+from forkwait import fork, wait
 
-    fut = fork(model, batch)    # starts at once, runs in a worker thread
-    out = wait(fut)             # sync code; in async code: out = await fut
+fut = fork(model, batch)    # starts at once, runs in a worker thread
+out = wait(fut)             # sync code; in async code: out = await fut
 """
 
 from __future__ import annotations

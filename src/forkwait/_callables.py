@@ -5,10 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 import types
+from asyncio import coroutines as _asyncio_coroutines
 from collections.abc import Awaitable
 from typing import Any
-
-from asyncio import coroutines as _asyncio_coroutines
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 _FunctionType = types.FunctionType
@@ -19,29 +18,28 @@ _partial = functools.partial
 _IS_COROUTINE_MARKER: object = getattr(_asyncio_coroutines, "_is_coroutine", object())
 
 
-def is_async_callable(func: object, api: str = "fork") -> bool:
+def is_async_callable(func: Any, api: str = "fork") -> bool:
     """Whether calling ``func`` gives a coroutine to run as a task; ``TypeError`` if not callable.
 
     Unwraps bound methods and ``functools.partial`` and looks at an object's
     ``__call__``, which ``inspect.iscoroutinefunction`` alone misses.
     """
     while True:
-        kind = type(func)
-        if kind is _FunctionType:
-            return bool(func.__code__.co_flags & _CO_COROUTINE)  # type: ignore[attr-defined]
-        if kind is _MethodType:
-            func = func.__func__  # type: ignore[attr-defined]
+        if type(func) is _FunctionType:
+            return bool(func.__code__.co_flags & _CO_COROUTINE)
+        if type(func) is _MethodType:
+            func = func.__func__
             continue
         if isinstance(func, _partial):
             func = func.func
             continue
         if getattr(func, "_is_coroutine", None) is _IS_COROUTINE_MARKER:
             return True
-        call = getattr(kind, "__call__", None)
-        if call is None:
+        if not callable(func):
             raise not_callable_error(func, api)
         if isinstance(func, type):
             return False  # calling a class constructs an instance
+        call = type(func).__call__
         if type(call) is _FunctionType:
             return bool(call.__code__.co_flags & _CO_COROUTINE)
         return False  # builtins, C callables, slot wrappers
@@ -59,14 +57,15 @@ def not_callable_error(obj: object, api: str) -> TypeError:
             f"  {api}({name}(x))   # wrong\n"
             f"  {api}({name}, x)   # right"
         )
+    kind, shown = type(obj).__qualname__, repr(obj)
     if isinstance(obj, Awaitable):
         return TypeError(
-            f"{api}() expects a callable, got awaitable {type(obj).__qualname__} "
-            f"object {obj!r}; it is already running or ready to be awaited: await it "
+            f"{api}() expects a callable, got awaitable {kind} "
+            f"object {shown}; it is already running or ready to be awaited: await it "
             f"directly, or fork the function that makes it: {api}(func, *args)"
         )
     return TypeError(
-        f"{api}() expects a callable, got {type(obj).__qualname__} object {obj!r}. "
+        f"{api}() expects a callable, got {kind} object {shown}. "
         f"Pass the function and its arguments separately: {api}(func, *args, **kwargs)"
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from typing import Literal
+from typing import Literal, cast
 
 LoopName = Literal["asyncio", "uvloop"]
 
@@ -21,7 +21,7 @@ def _uvloop_installed() -> bool:
 class _Settings:
     """The settings, behind a lock; a child made by ``os.fork`` gets a fresh lock."""
 
-    __slots__ = ("lock", "max_threads", "loop")
+    __slots__ = ("lock", "loop", "max_threads")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -50,18 +50,15 @@ def configure(max_threads: int | None = None, loop: LoopName | None = None) -> N
 
         forkwait.configure(max_threads=8, loop="asyncio")
     """
-    if max_threads is not None and (
-        isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1
-    ):
+    # Checked at run time too: callers without a type checker pass strings and floats.
+    given = cast(object, max_threads)
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
         raise ValueError(
-            f"configure(max_threads=...) needs a whole number of threads >= 1, "
-            f"got {max_threads!r}"
+            f"configure(max_threads=...) needs a whole number of threads >= 1, got {max_threads!r}"
         )
     if loop is not None:
         if loop not in ("asyncio", "uvloop"):
-            raise ValueError(
-                f'configure(loop=...) must be "asyncio" or "uvloop", got {loop!r}'
-            )
+            raise ValueError(f'configure(loop=...) must be "asyncio" or "uvloop", got {loop!r}')
         if loop == "uvloop" and not _uvloop_installed():
             raise ValueError(
                 'configure(loop="uvloop") needs uvloop, which is not installed here; '

@@ -22,9 +22,7 @@ _copy_context = contextvars.copy_context
 
 
 @overload
-def fork(  # type: ignore[overload-overlap]
-    func: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-) -> Future[T]: ...
+def fork(func: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]: ...
 @overload
 def fork(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]: ...
 def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:

@@ -69,15 +69,15 @@ class Future(Generic[T]):
     """
 
     __slots__ = (
-        "_state",
-        "_value",
-        "_traceback",
-        "_waiters",
-        "_func",
-        "_task",
-        "_call",
-        "_unretrieved",
         "__weakref__",
+        "_call",
+        "_func",
+        "_state",
+        "_task",
+        "_traceback",
+        "_unretrieved",
+        "_value",
+        "_waiters",
     )
 
     _state: int
@@ -184,6 +184,8 @@ class Future(Generic[T]):
         A queued call never starts; a running task is cancelled; a sync call already
         running in a thread cannot be stopped, and this returns ``False``.
         """
+        call: object = None
+        waiters: list[Any] | None = None
         with _state_lock:
             state = self._state
             if state == QUEUED:
@@ -223,9 +225,7 @@ class Future(Generic[T]):
         worker thread for a sync call). An exception in ``fn`` is logged, not raised.
         """
         if not callable(fn):
-            raise TypeError(
-                f"add_done_callback() expects a callable taking the future, got {fn!r}"
-            )
+            raise TypeError(f"add_done_callback() expects a callable taking the future, got {fn!r}")
         if not self._add_waiter(fn):
             _run_callback(fn, self)
 
@@ -316,7 +316,7 @@ _new_future = Future.__new__
 
 def new_future(state: int, func: object) -> Future[Any]:
     """A fresh future in ``state`` for a call of ``func`` (``Future`` has no public constructor)."""
-    fut: Future[Any] = _new_future(Future)
+    fut: Future[Any] = _new_future(Future)  # pyright: ignore[reportUnknownVariableType]
     fut._state = state
     fut._value = None
     fut._traceback = None
@@ -330,9 +330,9 @@ def new_future(state: int, func: object) -> Future[Any]:
 
 def _wake_all(fut: Future[Any], waiters: list[Any]) -> None:
     """Wake everything waiting on ``fut``: blocked threads, awaiting tasks, callbacks."""
+    waiter: Any
     for waiter in waiters:
-        kind = type(waiter)
-        if kind is _LockType:
+        if type(waiter) is _LockType:
             waiter.release()
         elif isinstance(waiter, _AsyncioFuture):
             _wake_asyncio(waiter)
@@ -340,7 +340,7 @@ def _wake_all(fut: Future[Any], waiters: list[Any]) -> None:
             _run_callback(waiter, fut)
 
 
-def _wake_asyncio(waiter: asyncio.Future[None]) -> None:
+def _wake_asyncio(waiter: Any) -> None:
     loop = waiter.get_loop()
     if loop is _get_running_loop():
         if not waiter.done():
@@ -352,7 +352,7 @@ def _wake_asyncio(waiter: asyncio.Future[None]) -> None:
         pass  # that loop is closed: nobody is left to wake
 
 
-def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
+def _resolve_waiter(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():  # the awaiting task may have been cancelled meanwhile
         waiter.set_result(None)
 

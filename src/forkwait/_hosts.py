@@ -12,7 +12,7 @@ import sys
 import threading
 from asyncio import events as _events
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from ._runtime import runtime
 from ._state import QUEUED, RUNNING, state_lock
@@ -20,7 +20,7 @@ from ._state import QUEUED, RUNNING, state_lock
 if TYPE_CHECKING:
     from ._future import Future
 
-Host = Optional[asyncio.AbstractEventLoop]
+Host = asyncio.AbstractEventLoop | None
 
 _get_running_loop = _events._get_running_loop
 

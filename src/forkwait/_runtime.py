@@ -33,7 +33,7 @@ def _new_loop(name: str) -> asyncio.AbstractEventLoop:
 class DefaultRuntime:
     """Owns the background loop and its thread."""
 
-    __slots__ = ("_lock", "_loop", "_thread", "_loop_name", "_abandoned", "_atexit")
+    __slots__ = ("_abandoned", "_atexit", "_lock", "_loop", "_loop_name", "_thread")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -127,8 +127,7 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
     if not tasks:
         return
     logger.warning(
-        "forkwait: %d forked call(s) still running when the default runtime stopped "
-        "were cancelled",
+        "forkwait: %d forked call(s) still running when the default runtime stopped were cancelled",
         len(tasks),
     )
     for task in tasks:

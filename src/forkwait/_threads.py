@@ -14,7 +14,6 @@ import os
 import threading
 from _thread import allocate_lock
 from asyncio import events as _events
-from collections.abc import Awaitable
 from inspect import isawaitable
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
@@ -30,14 +29,18 @@ if TYPE_CHECKING:
     from ._future import Future
 
     #: What fork records for a sync call: func, args, kwargs, context, host.
-    Call = tuple[
-        Callable[..., Any], tuple[Any, ...], dict[str, Any], contextvars.Context, Host
-    ]
+    Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], contextvars.Context, Host]
 
 _get_running_loop = _events._get_running_loop
 
 # Idle workers exit after this long, so thread count returns to its baseline.
 IDLE_SECONDS = 10.0
+# Running queued calls inline turns fork depth into stack depth; past this many nested
+# inline calls a thread blocks instead (giving its slot back), and a worker with a fresh
+# stack takes the call, so deep recursion of forks does not hit RecursionError.
+MAX_INLINE_DEPTH = 24
+# Put on the queue to wake an idle worker so that it notices a lowered limit.
+_WAKE_UP = None
 
 
 def run_call(fut: Future[Any], call: Call) -> None:
@@ -78,6 +81,7 @@ class WorkerPool:
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
+        self.idle_seconds = IDLE_SECONDS
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
 
@@ -85,7 +89,7 @@ class WorkerPool:
         # Also the whole state of a child after os.fork: the parent's workers do not
         # exist there, and what they had queued is lost with them.
         self._lock = threading.Lock()
-        self._queue: SimpleQueue[Future[Any]] = SimpleQueue()
+        self._queue: SimpleQueue[Future[Any] | None] = SimpleQueue()
         self._running = 0  # workers alive and not blocked in wait (idle ones included)
         self._idle = 0  # workers waiting for the queue
         self._queued = 0  # queue entries no worker has taken yet
@@ -95,6 +99,12 @@ class WorkerPool:
         with self._lock:
             self._limit = limit
             start = self._should_start()
+            # Idle workers beyond the new limit wake up and leave; busy ones leave
+            # when their call returns.
+            wake = min(self._running - limit, self._idle)
+            self._queued += max(wake, 0)
+        for _ in range(wake):
+            self._queue.put(_WAKE_UP)
         if start:
             self._start_worker()
 
@@ -137,9 +147,14 @@ class WorkerPool:
         lock = self._lock
         while True:
             with lock:
+                if self._running > self._limit:
+                    # Over the limit: the limit was lowered, or a worker came back from
+                    # a wait (see unblocked); leave rather than run one call too many.
+                    self._running -= 1
+                    return
                 self._idle += 1
             try:
-                fut = queue.get(timeout=IDLE_SECONDS)
+                fut = queue.get(timeout=self.idle_seconds)
             except Empty:
                 with lock:
                     self._idle -= 1
@@ -150,6 +165,8 @@ class WorkerPool:
             with lock:
                 self._idle -= 1
                 self._queued -= 1
+            if fut is None:
+                continue
             call = claim(fut)
             if call is not None:
                 run_call(fut, call)
@@ -182,13 +199,20 @@ def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
             f"in async code write `await fut` or `await forkwait.wait(fut)`"
         )
     if timeout is None and fut._state == QUEUED and type(fut._call) is tuple:
-        call = claim(fut)
-        if call is not None:
-            # Rule 1: nobody has started it, so run it here rather than wait for a
-            # worker that may never come.
-            run_call(fut, call)
-            if fut._state >= DONE:
-                return
+        local = thread_state
+        depth: int = getattr(local, "inline_depth", 0)
+        if depth < MAX_INLINE_DEPTH:
+            call = claim(fut)
+            if call is not None:
+                # Rule 1: nobody has started it, so run it here rather than wait for a
+                # worker that may never come.
+                local.inline_depth = depth + 1
+                try:
+                    run_call(fut, call)
+                finally:
+                    local.inline_depth = depth
+                if fut._state >= DONE:
+                    return
     waiter = allocate_lock()
     waiter.acquire()
     if not fut._add_waiter(waiter):
@@ -201,11 +225,7 @@ def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
             waiter.acquire()
         elif not waiter.acquire(True, max(timeout, 0.0)):
             fut._remove_waiter(waiter)
-            raise TimeoutError(
-                f"{fut!r} did not finish within {timeout} seconds; it keeps running"
-            )
+            raise TimeoutError(f"{fut!r} did not finish within {timeout} seconds; it keeps running")
     finally:
         if worker is not None:
             worker.unblocked()
-
-

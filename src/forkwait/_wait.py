@@ -18,7 +18,7 @@ _get_running_loop = _events._get_running_loop
 class _Waiting(Generic[T]):
     """What ``wait`` returns in async code: awaits once, warns if never awaited."""
 
-    __slots__ = ("_source", "_what", "_awaited")
+    __slots__ = ("_awaited", "_source", "_what")
 
     def __init__(self, source: Awaitable[T], what: str) -> None:
         self._source = source
@@ -73,10 +73,10 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
     return _Waiting(source, "forkwait.wait(fut)")  # type: ignore[return-value]
 
 
-async def _with_timeout(future: Future[T], timeout: float) -> T:
+async def _with_timeout(future: Future[T], seconds: float) -> T:
     import anyio  # on the timeout path only; anyio's fail_after works on any backend
 
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(seconds):
         return await future
 
 

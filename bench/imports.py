@@ -1,0 +1,55 @@
+"""Import cost: ``import forkwait`` vs ``import anyio, uvloop``, each in a fresh process.
+
+Each sample is the wall time of one ``python -c ...``; the median of ``python -c pass``
+is subtracted, leaving the import (and its share of interpreter shutdown).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from time import perf_counter
+
+from ._harness import Config, Contenders, Measure, Scenario
+from ._work import loop_names
+
+
+def _python(code: str) -> Measure:
+    command = [sys.executable, "-c", code]
+
+    def measure(runs: int) -> float:
+        start = perf_counter()
+        for _ in range(runs):
+            subprocess.run(command, check=True)
+        return (perf_counter() - start) / runs
+
+    return measure
+
+
+def _anchor_modules() -> str:
+    return "anyio, uvloop" if "uvloop" in loop_names() else "anyio"
+
+
+@contextmanager
+def _imports(_: Config) -> Iterator[Contenders]:
+    modules = _anchor_modules()
+    yield Contenders(
+        anchors=[(f"import {modules}", _python(f"import {modules}"))],
+        forkwait=_python("import forkwait"),
+        baseline=_python("pass"),
+    )
+
+
+def scenarios() -> list[Scenario]:
+    return [
+        Scenario(
+            "8 import time, fresh process",
+            "ms",
+            1.1,
+            _imports,
+            fixed_n=1,
+            rounds=(15, 5),
+        )
+    ]

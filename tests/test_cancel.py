@@ -1,0 +1,169 @@
+"""Cancellation per the spec: pending tasks, queued sync calls, running sync calls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import forkwait
+from forkwait import fork, wait
+
+pytestmark = pytest.mark.timeout(20)
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_pending_task_cancels_it() -> None:
+    """cancel() on a running task returns True; waiting raises forkwait.CancelledError."""
+    started = asyncio.Event()
+    finished = False
+
+    async def forever() -> None:
+        nonlocal finished
+        started.set()
+        await asyncio.sleep(3600)
+        finished = True
+
+    fut = fork(forever)
+    await started.wait()
+    assert fut.cancel() is True
+    with pytest.raises(forkwait.CancelledError):
+        await fut
+    assert fut.cancelled()
+    assert fut.done()
+    assert not finished
+
+
+def test_cancelling_a_task_from_another_thread() -> None:
+    """A task on the default runtime is cancelled from the sync caller's thread."""
+    started = threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    fut = fork(forever)
+    assert started.wait(timeout=10)
+    assert fut.cancel() is True
+    with pytest.raises(forkwait.CancelledError):
+        wait(fut)
+    assert fut.cancelled()
+
+
+def test_a_sync_call_that_has_not_started_never_runs(max_threads: Any) -> None:
+    """With the only worker busy, a queued call is cancelled and never starts."""
+    max_threads(1)
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def occupy() -> None:
+        gate.wait(timeout=10)
+
+    blocker = fork(occupy)
+    queued = fork(ran.append, "queued ran")
+    assert queued.cancel() is True
+    assert queued.cancelled()
+    gate.set()
+    wait(blocker)
+    # The single worker takes jobs in order: once a later one has run, `queued` had
+    # its turn and was skipped.
+    wait(fork(ran.append, "later ran"))
+    assert ran == ["later ran"]
+    with pytest.raises(forkwait.CancelledError):
+        wait(queued)
+
+
+def test_a_running_sync_call_cannot_be_cancelled_and_its_result_arrives() -> None:
+    """cancel() on a running thread call returns False; the value still comes."""
+    started = threading.Event()
+    gate = threading.Event()
+
+    def working() -> str:
+        started.set()
+        gate.wait(timeout=10)
+        return "finished"
+
+    fut = fork(working)
+    assert started.wait(timeout=10)
+    assert fut.cancel() is False
+    assert not fut.cancelled()
+    gate.set()
+    assert wait(fut) == "finished"
+
+
+def test_cancel_after_completion_returns_false() -> None:
+    """A finished call cannot be cancelled; its value stays."""
+    fut = fork(abs, -1)
+    assert wait(fut) == 1
+    assert fut.cancel() is False
+    assert fut.result() == 1
+
+
+@pytest.mark.anyio
+async def test_a_coroutine_queued_for_another_loop_is_cancelled_before_it_starts() -> None:
+    """A coroutine forked from a worker thread and cancelled at once never runs."""
+    ran = False
+
+    async def never() -> None:
+        nonlocal ran
+        ran = True
+
+    def fork_and_cancel() -> bool:
+        return fork(never).cancel()
+
+    # The worker's fork goes to this loop, which is busy running this test, so the
+    # task cannot have started when cancel() runs.
+    assert await fork(fork_and_cancel) is True
+    for _ in range(3):
+        await asyncio.sleep(0)  # let the loop run whatever was scheduled
+    assert ran is False
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_awaiter_leaves_the_forked_call_running() -> None:
+    """Outside a scope, cancelling the code that awaits a future does not cancel the call."""
+    gate = asyncio.Event()
+
+    async def slow() -> str:
+        await gate.wait()
+        return "survived"
+
+    fut = fork(slow)
+    awaiter = asyncio.ensure_future(fut)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    awaiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await awaiter
+    assert not fut.done()
+    gate.set()
+    assert await fut == "survived"
+
+
+def test_waiting_on_a_cancelled_sync_future_from_another_thread(max_threads: Any) -> None:
+    """A thread blocked in wait wakes with CancelledError when the call is cancelled."""
+    max_threads(1)
+    gate = threading.Event()
+    blocker = fork(gate.wait, 10)
+    queued = fork(abs, -1)
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            queued.result(timeout=10)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not queued._waiters and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the waiter thread is registered, i.e. blocked
+    assert queued.cancel() is True
+    thread.join(timeout=10)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], forkwait.CancelledError)
+    gate.set()
+    wait(blocker)

@@ -1,0 +1,129 @@
+"""Whole-process behaviour, each in a fresh interpreter: exit, os.fork, choosing the loop."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.conftest import run_script
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_a_script_that_forks_and_exits_without_waiting_exits_cleanly() -> None:
+    """Pending sync and async forks do not hold up exit, crash, or print a traceback."""
+    result = run_script(
+        """
+        import asyncio, threading, time
+        from forkwait import fork, wait
+
+        async def slow():
+            await asyncio.sleep(60)
+
+        started = threading.Event()
+
+        def blocking():
+            started.set()
+            time.sleep(60)
+
+        fork(slow)
+        fork(blocking)
+        started.wait()
+        print("leaving")
+        """,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "leaving\n"
+    assert "Traceback" not in result.stderr
+
+
+def test_the_child_of_os_fork_can_fork_and_wait() -> None:
+    """After os.fork the parent's loop thread is gone; the child starts its own runtime."""
+    result = run_script(
+        """
+        import asyncio, os, sys
+        from forkwait import fork, wait
+
+        async def double(x):
+            await asyncio.sleep(0)
+            return 2 * x
+
+        assert wait(fork(double, 1)) == 2   # the parent's runtime is running
+        assert wait(fork(abs, -3)) == 3     # and its worker threads
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ok = wait(fork(double, 21), timeout=10) == 42
+                ok = ok and wait(fork(abs, -5), timeout=10) == 5
+            except BaseException as exc:
+                print("child failed:", repr(exc), file=sys.stderr)
+                ok = False
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+        assert wait(fork(double, 2)) == 4   # the parent still works
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "child exit 0" in result.stdout, result.stderr
+
+
+def test_configure_loop_asyncio_switches_the_default_runtime() -> None:
+    """configure(loop="asyncio") before the first fork gives a plain asyncio loop."""
+    result = run_script(
+        """
+        import asyncio
+        import forkwait
+        from forkwait import fork, wait
+
+        async def loop_type():
+            return type(asyncio.get_running_loop()).__module__
+
+        forkwait.configure(loop="asyncio")
+        print(wait(fork(loop_type)))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("asyncio")
+
+
+def test_configure_loop_after_the_runtime_started_says_when_to_call_it() -> None:
+    """Switching the loop under a running runtime is refused with a clear message."""
+    result = run_script(
+        """
+        import asyncio
+        import forkwait
+        from forkwait import fork, wait
+
+        async def noop():
+            return None
+
+        wait(fork(noop))
+        try:
+            forkwait.configure(loop="asyncio")
+        except RuntimeError as exc:
+            print(exc)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "before the first fork" in result.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop is not installed on Windows")
+def test_the_default_runtime_uses_uvloop_where_installed() -> None:
+    """Without configure, the default runtime runs uvloop."""
+    result = run_script(
+        """
+        import asyncio
+        from forkwait import fork, wait
+
+        async def loop_type():
+            return type(asyncio.get_running_loop()).__module__
+
+        print(wait(fork(loop_type)))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("uvloop")

@@ -1,0 +1,206 @@
+"""wait and wait_all: block in sync code, awaitable in async code, timeouts, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+from typing import Any
+
+import anyio.to_thread
+import pytest
+
+from forkwait import Future, fork, wait, wait_all
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def gated(gate: threading.Event, value: Any) -> Any:
+    gate.wait()
+    return value
+
+
+async def gated_async(gate: threading.Event, value: Any) -> Any:
+    await anyio.to_thread.run_sync(gate.wait)
+    return value
+
+
+def test_wait_blocks_in_sync_code_until_the_value_arrives() -> None:
+    """wait returns the value once the call finishes, not before."""
+    gate = threading.Event()
+    fut = fork(gated, gate, "v")
+    assert not fut.done()
+    threading.Timer(0.05, gate.set).start()
+    assert wait(fut) == "v"
+    assert fut.done()
+
+
+@pytest.mark.anyio
+async def test_wait_is_awaitable_in_async_code() -> None:
+    """In async code wait returns an awaitable; awaiting it gives the value."""
+    fut = fork(asyncio.sleep, 0, "v")
+    pending = wait(fut)
+    assert not isinstance(pending, str)
+    assert await pending == "v"  # type: ignore[misc]
+
+
+@pytest.mark.anyio
+async def test_a_wait_never_awaited_warns() -> None:
+    """Forgetting `await` before wait in async code gives a RuntimeWarning that says so."""
+    fut = fork(asyncio.sleep, 0, "v")
+
+    def forget_to_await() -> None:
+        wait(fut)  # the awaitable is dropped here
+        gc.collect()
+
+    with pytest.warns(RuntimeWarning, match=r"never awaited; write `value = await"):
+        forget_to_await()
+    await fut
+
+
+@pytest.mark.anyio
+async def test_the_awaitable_from_wait_is_awaited_once() -> None:
+    """Awaiting the same wait() twice is an error, as for a coroutine."""
+    fut = fork(asyncio.sleep, 0, 1)
+    pending: Any = wait(fut)
+    await pending
+    with pytest.raises(RuntimeError, match="only once"):
+        await pending
+
+
+def test_sync_timeout_raises_timeout_error_and_the_call_completes() -> None:
+    """A sync wait with timeout raises the builtin TimeoutError; the call keeps going."""
+    gate = threading.Event()
+    fut = fork(gated, gate, "late")
+    with pytest.raises(TimeoutError):
+        wait(fut, timeout=0.05)
+    assert not fut.done()
+    gate.set()
+    assert wait(fut) == "late"
+
+
+def test_sync_timeout_on_a_task_of_the_default_runtime() -> None:
+    """The timeout applies to coroutines too; the task is not cancelled by it."""
+    gate = threading.Event()
+    fut = fork(gated_async, gate, "late")
+    with pytest.raises(TimeoutError):
+        wait(fut, timeout=0.05)
+    gate.set()
+    assert wait(fut) == "late"
+
+
+@pytest.mark.anyio
+async def test_async_timeout_raises_timeout_error_and_the_call_completes() -> None:
+    """`await wait(fut, timeout)` raises TimeoutError; the task is not cancelled."""
+    gate = asyncio.Event()
+
+    async def slow() -> str:
+        await gate.wait()
+        return "late"
+
+    fut = fork(slow)
+    with pytest.raises(TimeoutError):
+        await wait(fut, timeout=0.05)  # type: ignore[misc]
+    assert not fut.done()
+    gate.set()
+    assert await fut == "late"
+
+
+def test_zero_and_negative_timeouts_poll() -> None:
+    """timeout=0 (or below) checks once and never blocks forever."""
+    gate = threading.Event()
+    fut = fork(gated, gate, 1)
+    with pytest.raises(TimeoutError):
+        wait(fut, timeout=0)
+    with pytest.raises(TimeoutError):
+        wait(fut, timeout=-1)
+    gate.set()
+    assert wait(fut, timeout=10) == 1
+
+
+@pytest.mark.parametrize("value", [42, None, asyncio.sleep, "fut"])
+def test_wait_on_something_that_is_not_a_future_raises_type_error(value: Any) -> None:
+    """wait(non-Future) names what it got."""
+    with pytest.raises(TypeError, match=r"wait\(\) expects a forkwait.Future"):
+        wait(value)
+
+
+@pytest.mark.anyio
+async def test_wait_on_a_plain_awaitable_says_to_await_it() -> None:
+    """An asyncio task passed to wait gets a hint to just await it."""
+    task = asyncio.ensure_future(asyncio.sleep(0))
+    with pytest.raises(TypeError, match="just `await` it"):
+        wait(task)  # type: ignore[arg-type]
+    await task
+
+
+def test_wait_all_keeps_order_in_sync_code() -> None:
+    """Values come back in the order of the futures, not of completion."""
+    gates = [threading.Event() for _ in range(5)]
+    futs = [fork(gated, gate, i) for i, gate in enumerate(gates)]
+    for gate in reversed(gates):
+        gate.set()
+    assert wait_all(futs) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.anyio
+async def test_wait_all_keeps_order_in_async_code() -> None:
+    """The async form of wait_all gives the values in order too, sync and async mixed."""
+
+    async def after(delay: float, value: int) -> int:
+        await asyncio.sleep(delay)
+        return value
+
+    futs: list[Future[int]] = [fork(after, 0.03, 0), fork(abs, -1), fork(after, 0.0, 2)]
+    assert await wait_all(futs) == [0, 1, 2]  # type: ignore[misc]
+
+
+def test_wait_all_raises_the_first_failure_in_order() -> None:
+    """A failure surfaces as its own exception."""
+
+    def boom() -> int:
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        wait_all([fork(abs, 1), fork(boom)])
+
+
+def test_wait_all_timeout_bounds_the_whole_wait() -> None:
+    """wait_all's timeout is for all futures together."""
+    gate = threading.Event()
+    futs = [fork(gated, gate, 1), fork(gated, gate, 2)]
+    with pytest.raises(TimeoutError):
+        wait_all(futs, timeout=0.05)
+    gate.set()
+    assert wait_all(futs, timeout=10) == [1, 2]
+
+
+@pytest.mark.anyio
+async def test_wait_all_async_timeout() -> None:
+    """The async wait_all raises TimeoutError too."""
+    gate = asyncio.Event()
+    fut = fork(gate.wait)
+    with pytest.raises(TimeoutError):
+        await wait_all([fut], timeout=0.05)  # type: ignore[misc]
+    gate.set()
+    await fut
+
+
+def test_wait_all_rejects_a_non_future_before_waiting() -> None:
+    """A bad element is found before anything blocks."""
+    with pytest.raises(TypeError, match="wait_all"):
+        wait_all([fork(abs, 1), 3])  # type: ignore[list-item]
+
+
+def test_result_from_a_loop_thread_refuses_to_block_the_loop() -> None:
+    """Blocking result() inside a running loop would deadlock it: a clear error instead."""
+    gate = threading.Event()
+    fut = fork(gated, gate, 1)
+
+    async def misuse() -> None:
+        fut.result()
+
+    with pytest.raises(RuntimeError, match="await fut"):
+        asyncio.run(misuse())
+    gate.set()
+    assert wait(fut) == 1
