@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         config = Config(quick=True, rounds=3, sample_seconds=0.015)
     else:
-        config = Config(quick=False, rounds=7, sample_seconds=0.08)
+        config = Config(quick=False, rounds=9, sample_seconds=0.12)
 
     began = time.perf_counter()
     rows: list[Row] = []
@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"forkwait bench: Python {platform.python_version()} ({platform.machine()}), "
-        f"{os.cpu_count()} CPUs, {config.rounds} rounds{' (quick)' if config.quick else ''}, "
-        f"medians; ratio = forkwait / best anchor\n"
+        f"{os.cpu_count()} CPUs{', quick run' if config.quick else ''}; medians of "
+        f"{config.rounds} interleaved rounds (memory and import rows set their own); "
+        f"ratio = forkwait / best anchor\n"
     )
     print(format_table(rows))
     missed = [row for row in rows if row.missed]
