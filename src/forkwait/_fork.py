@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import inspect
+import types
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable
-from inspect import isawaitable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._callables import is_async_callable
@@ -13,6 +14,10 @@ from ._future import Future, new_future
 from ._hosts import current_host, drive, spawn, thread_host
 from ._state import QUEUED, RUNNING
 from ._threads import pool
+
+_CO_COROUTINE = inspect.CO_COROUTINE
+_FunctionType = types.FunctionType
+_new_future = Future.__new__
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -36,24 +41,36 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         fut = fork(model, batch)      # runs in a worker thread
         out = await fork(fetch, url)  # runs as a task
     """
-    if is_async_callable(func):
-        fut = new_future(RUNNING, func)
+    # Plain functions are the common case: test their code flags here, not in a call.
+    if (
+        func.__code__.co_flags & _CO_COROUTINE
+        if type(func) is _FunctionType
+        else is_async_callable(func)
+    ):
+        fut: Future[Any] = _new_future(Future)  # pyright: ignore[reportUnknownVariableType]
+        fut._state = RUNNING
+        fut._waiters = None
+        fut._func = func
         try:
             coro = func(*args, **kwargs)
         except Exception as exc:  # bad arguments: the waiter gets them, as for sync calls
+            fut._handle = None
             fut._set_exception(exc)
             return fut
         loop = _get_running_loop()
         if loop is not None:
             # The hot path: a task on the caller's own loop, which copies the context.
-            fut._task = loop.create_task(drive(fut, coro))
+            fut._handle = loop.create_task(drive(fut, coro))
             return fut
         fut._state = QUEUED
-        fut._call = coro  # so that cancel() before the task starts can close it
+        fut._handle = coro  # so that cancel() before the task starts can close it
         spawn(thread_host(), fut, coro, _copy_context())
         return fut
-    fut = new_future(QUEUED, func)
-    fut._call = (func, args, kwargs, _copy_context(), current_host())
+    fut = _new_future(Future)
+    fut._state = QUEUED
+    fut._waiters = None
+    fut._func = func
+    fut._handle = (func, args, kwargs, _copy_context(), current_host())
     pool.submit(fut)
     return fut
 
@@ -70,7 +87,7 @@ def chain(
         except BaseException as exc:
             child._set_exception(exc)
             return
-        if isawaitable(value):
+        if inspect.isawaitable(value):
             spawn(current_host(), child, value, context)
         else:
             child._set_result(value)

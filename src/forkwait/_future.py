@@ -22,6 +22,9 @@ S = TypeVar("S")
 logger = logging.getLogger("forkwait")
 
 _LockType = type(_state_lock)
+# Bound once: `with lock:` costs twice what acquire()/release() do, on every fork.
+_lock = _state_lock.acquire
+_unlock = _state_lock.release
 _get_running_loop = _events._get_running_loop
 _AsyncioFuture = asyncio.Future
 
@@ -70,25 +73,27 @@ class Future(Generic[T]):
 
     __slots__ = (
         "__weakref__",
-        "_call",
         "_func",
+        "_handle",
         "_state",
-        "_task",
         "_traceback",
         "_unretrieved",
         "_value",
         "_waiters",
     )
 
+    # Always set.
     _state: int
+    _func: object
+    # None, one waiter, or a list of them: blocked threads' locks, awaiting tasks'
+    # asyncio futures, done callbacks. One waiter (the common case) needs no list.
+    _waiters: Any
+    # While QUEUED: the sync call's record (a worker or a waiter runs it), or the
+    # coroutine waiting for its task. While RUNNING: the task, if it is one.
+    _handle: Any
+    # Set once the call finishes; never read before.
     _value: Any
     _traceback: TracebackType | None
-    _waiters: list[Any] | None
-    _func: object
-    _task: asyncio.Task[None] | None
-    # While QUEUED: the sync call's record (a worker or a waiter runs it), or the
-    # coroutine waiting for its task to be created.
-    _call: Any
     _unretrieved: _Unretrieved | None
 
     def __init__(self) -> None:
@@ -107,13 +112,14 @@ class Future(Generic[T]):
         return self._state == CANCELLED
 
     def __repr__(self) -> str:
-        state = ("queued", "running", "done", "failed", "cancelled")[self._state]
+        state = self._state
         detail = ""
-        if self._state == DONE:
+        if state == DONE:
             detail = f" value={self._value!r}"
-        elif self._state == FAILED:
+        elif state == FAILED:
             detail = f" exception={self._value!r}"
-        return f"<forkwait.Future {state} fork({describe(self._func)}){detail}>"
+        name = ("queued", "running", "done", "failed", "cancelled")[state]
+        return f"<forkwait.Future {name} fork({describe(self._func)}){detail}>"
 
     # -- results ---------------------------------------------------------------------
 
@@ -123,14 +129,20 @@ class Future(Generic[T]):
         if state == DONE:
             return cast(T, self._value)
         if state == FAILED:
-            unretrieved = self._unretrieved
-            if unretrieved is not None:
-                unretrieved.exc = None
-                self._unretrieved = None
+            self._mark_retrieved()
             # Re-raise the call's own exception, with its original traceback each time
             # (as asyncio does), so repeated retrieval does not grow it.
             raise self._value.with_traceback(self._traceback)
-        raise CancelledError(f"fork({describe(self._func)}) was cancelled")
+        raise self._cancelled_error()
+
+    def _mark_retrieved(self) -> None:
+        unretrieved = self._unretrieved
+        if unretrieved is not None:
+            unretrieved.exc = None  # before it is dropped, so that it does not log
+            self._unretrieved = None
+
+    def _cancelled_error(self) -> CancelledError:
+        return CancelledError(f"fork({describe(self._func)}) was cancelled")
 
     def result(self, timeout: float | None = None) -> T:
         """Block until the call finishes and return its value, or raise its exception.
@@ -148,12 +160,9 @@ class Future(Generic[T]):
             block_until_done(self, timeout, "exception")
         state = self._state
         if state == CANCELLED:
-            raise CancelledError(f"fork({describe(self._func)}) was cancelled")
+            raise self._cancelled_error()
         if state == FAILED:
-            unretrieved = self._unretrieved
-            if unretrieved is not None:
-                unretrieved.exc = None
-                self._unretrieved = None
+            self._mark_retrieved()
             return cast(BaseException, self._value)
         return None
 
@@ -165,15 +174,27 @@ class Future(Generic[T]):
                     "await on a forkwait.Future needs a running asyncio event loop in "
                     "this thread; from sync code use forkwait.wait(fut)"
                 )
-            waiter = loop.create_future()
+            waiter: asyncio.Future[T] = loop.create_future()
+            _lock()
+            try:  # _add_waiter for the common single awaiter, inlined: the hot path
+                alone = self._state < DONE and self._waiters is None
+                if alone:
+                    self._waiters = waiter
+            finally:
+                _unlock()
+            if alone:
+                if self._state >= DONE:  # finished meanwhile (see _add_waiter)
+                    self._wake_waiters()
+                return waiter.__await__()
             if self._add_waiter(waiter):
-                try:
-                    yield from waiter.__await__()
-                except BaseException:
-                    # The awaiting code was cancelled: the forked call goes on (spec),
-                    # and this waiter must not stay on a long-lived future.
-                    self._remove_waiter(waiter)
-                    raise
+                # The waiter receives the outcome itself (see _settle), so awaiting it
+                # is all there is to do: no generator of ours stays on the stack. If
+                # the awaiting task is cancelled, only the waiter is, never the call.
+                return waiter.__await__()
+        return self._outcome_now()
+
+    def _outcome_now(self) -> Generator[Any, None, T]:
+        yield from ()
         return self._outcome()
 
     # -- cancellation ------------------------------------------------------------------
@@ -184,27 +205,26 @@ class Future(Generic[T]):
         A queued call never starts; a running task is cancelled; a sync call already
         running in a thread cannot be stopped, and this returns ``False``.
         """
-        call: object = None
-        waiters: list[Any] | None = None
-        with _state_lock:
+        handle: Any = None
+        _lock()
+        try:  # QUEUED has two would-be completers: this and whoever starts the call
             state = self._state
             if state == QUEUED:
-                call = self._call
-                self._call = None
+                handle = self._handle
+                self._handle = None
                 self._state = CANCELLED
-                waiters = self._waiters
-                self._waiters = None
+        finally:
+            _unlock()
         if state == QUEUED:
-            close = getattr(call, "close", None)  # a coroutine that never got its task
-            if close is not None:
-                close()
-            if waiters:
-                _wake_all(self, waiters)
+            if asyncio.iscoroutine(handle):  # a coroutine that never got its task
+                handle.close()
+            if self._waiters is not None:
+                self._wake_waiters()
             return True
         if state == CANCELLED:
             return True
-        task = self._task
-        if state == RUNNING and task is not None:
+        task = self._handle
+        if state == RUNNING and isinstance(task, asyncio.Task):
             loop = task.get_loop()
             if loop is _get_running_loop():
                 task.cancel()
@@ -249,66 +269,145 @@ class Future(Generic[T]):
         return chain(self, fn, contextvars.copy_context())
 
     # -- internals used by fork, the pool and the hosts -----------------------------
+    #
+    # Completion is lock-free: a RUNNING future has exactly one completer (the task's
+    # driver, or the thread that claimed the sync call), which stores the outcome and
+    # then the state, and takes the lock only if someone registered a waiter. A
+    # registrar writes under the lock and then checks the state again, so a waiter
+    # added just as the call finished is woken by whichever side takes it from
+    # ``_waiters`` (under the lock), exactly once. The GIL orders the plain stores.
 
     def _add_waiter(self, waiter: object) -> bool:
         """Register ``waiter`` for completion; ``False`` if the future is already done."""
-        with _state_lock:
+        _lock()
+        try:
             if self._state >= DONE:
                 return False
-            waiters = self._waiters
+            waiters: Any = self._waiters
             if waiters is None:
-                self._waiters = [waiter]
-            else:
+                self._waiters = waiter
+            elif type(waiters) is list:
+                waiters = cast("list[object]", waiters)
+                if len(waiters) >= _PRUNE_AT:
+                    # Awaiters that were cancelled leave finished asyncio futures behind.
+                    waiters[:] = [w for w in waiters if not _is_finished_waiter(w)]
                 waiters.append(waiter)
-            return True
+            else:
+                self._waiters = [waiters, waiter]
+        finally:
+            _unlock()
+        if self._state >= DONE:  # finished meanwhile: its completer may have missed us
+            self._wake_waiters()
+        return True
 
     def _remove_waiter(self, waiter: object) -> None:
-        with _state_lock:
-            waiters = self._waiters
-            if waiters is not None:
-                try:
-                    waiters.remove(waiter)
-                except ValueError:
-                    pass
+        _lock()
+        try:
+            waiters: Any = self._waiters
+            if waiters is waiter:
+                self._waiters = None
+            elif type(waiters) is list and waiter in waiters:
+                cast("list[object]", waiters).remove(waiter)
+        finally:
+            _unlock()
 
     def _set_result(self, value: Any) -> None:
-        with _state_lock:
-            if self._state >= DONE:
-                return
-            self._value = value
-            self._state = DONE
-            waiters = self._waiters
-            self._waiters = None
-        if waiters:
-            _wake_all(self, waiters)
+        """Finish with ``value``; only the call's one completer calls this."""
+        self._value = value
+        self._state = DONE
+        if self._waiters is not None:
+            self._wake_waiters()
 
     def _set_exception(self, exc: BaseException) -> None:
+        """Finish with ``exc``; only the call's one completer calls this."""
         if isinstance(exc, asyncio.CancelledError):
             self._set_cancelled()
             return
-        unretrieved = _Unretrieved(exc, describe(self._func))
-        with _state_lock:
-            if self._state >= DONE:
-                unretrieved.exc = None
-                return
-            self._value = exc
-            self._traceback = exc.__traceback__
-            self._unretrieved = unretrieved
-            self._state = FAILED
-            waiters = self._waiters
-            self._waiters = None
-        if waiters:
-            _wake_all(self, waiters)
+        self._value = exc
+        self._traceback = exc.__traceback__
+        self._unretrieved = _Unretrieved(exc, describe(self._func))
+        self._state = FAILED
+        if self._waiters is not None:
+            self._wake_waiters()
 
     def _set_cancelled(self) -> None:
-        with _state_lock:
+        self._state = CANCELLED
+        if self._waiters is not None:
+            self._wake_waiters()
+
+    def _fail_unless_done(self, exc: BaseException) -> None:
+        """Finish with ``exc`` unless ``cancel()`` got there first (two completers race)."""
+        _lock()
+        try:
             if self._state >= DONE:
                 return
-            self._state = CANCELLED
+            self._state = RUNNING  # now this caller is the only completer
+        finally:
+            _unlock()
+        self._set_exception(exc)
+
+    def _wake_waiters(self) -> None:
+        """Take every registered waiter (exactly once, under the lock) and wake it."""
+        _lock()
+        try:
             waiters = self._waiters
             self._waiters = None
-        if waiters:
-            _wake_all(self, waiters)
+        finally:
+            _unlock()
+        if waiters is None:
+            return
+        if (
+            type(waiters) is _AsyncioFuture
+            and self._state == DONE
+            and waiters.get_loop() is _get_running_loop()
+        ):
+            # The hot path, inlined: one task on this loop awaits the value.
+            if not waiters.done():
+                waiters.set_result(self._value)
+            return
+        if type(waiters) is list:
+            waiter: object
+            for waiter in cast("list[object]", waiters):
+                self._wake_one(waiter)
+        else:
+            self._wake_one(waiters)
+
+    def _wake_one(self, waiter: Any) -> None:
+        """Wake a blocked thread, an awaiting task or a done callback, in that order of cost."""
+        if type(waiter) is _LockType:
+            waiter.release()
+        elif isinstance(waiter, _AsyncioFuture):
+            future: asyncio.Future[Any] = waiter
+            loop = future.get_loop()
+            if loop is _get_running_loop():
+                self._settle(future)
+            else:
+                try:
+                    loop.call_soon_threadsafe(self._settle, future)
+                except RuntimeError:
+                    pass  # that loop is closed: nobody is left to wake
+        else:
+            _run_callback(waiter, self)
+
+    def _settle(self, waiter: asyncio.Future[Any]) -> None:
+        """Hand the outcome to an awaiting task's waiter, in that waiter's loop."""
+        if waiter.done():  # the awaiting task was cancelled meanwhile
+            return
+        state = self._state
+        if state == DONE:
+            waiter.set_result(self._value)
+        elif state == FAILED:
+            self._mark_retrieved()  # the awaiter raises it
+            waiter.set_exception(self._value.with_traceback(self._traceback))
+        else:
+            waiter.set_exception(self._cancelled_error())
+
+
+_PRUNE_AT = 16
+
+
+def _is_finished_waiter(waiter: object) -> bool:
+    return isinstance(waiter, _AsyncioFuture) and waiter.done()
 
 
 _new_future = Future.__new__
@@ -318,43 +417,10 @@ def new_future(state: int, func: object) -> Future[Any]:
     """A fresh future in ``state`` for a call of ``func`` (``Future`` has no public constructor)."""
     fut: Future[Any] = _new_future(Future)  # pyright: ignore[reportUnknownVariableType]
     fut._state = state
-    fut._value = None
-    fut._traceback = None
     fut._waiters = None
     fut._func = func
-    fut._task = None
-    fut._call = None
-    fut._unretrieved = None
+    fut._handle = None
     return fut
-
-
-def _wake_all(fut: Future[Any], waiters: list[Any]) -> None:
-    """Wake everything waiting on ``fut``: blocked threads, awaiting tasks, callbacks."""
-    waiter: Any
-    for waiter in waiters:
-        if type(waiter) is _LockType:
-            waiter.release()
-        elif isinstance(waiter, _AsyncioFuture):
-            _wake_asyncio(waiter)
-        else:
-            _run_callback(waiter, fut)
-
-
-def _wake_asyncio(waiter: Any) -> None:
-    loop = waiter.get_loop()
-    if loop is _get_running_loop():
-        if not waiter.done():
-            waiter.set_result(None)
-        return
-    try:
-        loop.call_soon_threadsafe(_resolve_waiter, waiter)
-    except RuntimeError:
-        pass  # that loop is closed: nobody is left to wake
-
-
-def _resolve_waiter(waiter: asyncio.Future[Any]) -> None:
-    if not waiter.done():  # the awaiting task may have been cancelled meanwhile
-        waiter.set_result(None)
 
 
 def _run_callback(fn: Callable[[Any], object], fut: Future[Any]) -> None:

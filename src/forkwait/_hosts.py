@@ -66,6 +66,8 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
         fut._set_exception(exc)
     else:
         fut._set_result(value)
+    finally:
+        fut._handle = None  # the finished task is no longer needed for cancel()
 
 
 def spawn(
@@ -80,24 +82,26 @@ def spawn(
         loop.call_soon_threadsafe(_start, fut, awaitable, context)
     except RuntimeError as exc:  # that loop is closed
         _close(awaitable)
-        fut._set_exception(
+        fut._fail_unless_done(
             RuntimeError(f"cannot run the forked call: its event loop {loop!r} is closed")
         )
         del exc
 
 
 def _start(fut: Future[Any], awaitable: Awaitable[Any], context: contextvars.Context) -> None:
-    with state_lock:
+    state_lock.acquire()
+    try:
         state = fut._state
         if state == QUEUED:
             fut._state = RUNNING
-            fut._call = None
+    finally:
+        state_lock.release()
     if state > RUNNING:  # cancelled before it started
         _close(awaitable)
         return
     loop = _get_running_loop()
     assert loop is not None
-    fut._task = loop.create_task(drive(fut, awaitable), context=context)
+    fut._handle = loop.create_task(drive(fut, awaitable), context=context)
 
 
 def _close(awaitable: object) -> None:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], contextvars.Context, Host]
 
 _get_running_loop = _events._get_running_loop
+_lock = state_lock.acquire
+_unlock = state_lock.release
 
 # Idle workers exit after this long, so thread count returns to its baseline.
 IDLE_SECONDS = 10.0
@@ -57,7 +59,6 @@ def run_call(fut: Future[Any], call: Call) -> None:
         if isawaitable(value):
             # A sync callable that returned an awaitable (a lambda returning a
             # coroutine): await it on the loop, so a result is never a coroutine.
-            fut._call = None
             spawn(host, fut, value, context)
         else:
             fut._set_result(value)
@@ -67,13 +68,16 @@ def run_call(fut: Future[Any], call: Call) -> None:
 
 def claim(fut: Future[Any]) -> Call | None:
     """Take ``fut``'s queued sync call so this thread runs it; ``None`` if someone else did."""
-    with state_lock:
+    _lock()
+    try:
         if fut._state == QUEUED:
-            call: Call = fut._call
-            fut._call = None
+            call: Call = fut._handle
+            fut._handle = None
             fut._state = RUNNING
             return call
-    return None
+        return None
+    finally:
+        _unlock()
 
 
 class WorkerPool:
@@ -198,7 +202,7 @@ def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
             f"Future.{api}() would block the event loop running in this thread; "
             f"in async code write `await fut` or `await forkwait.wait(fut)`"
         )
-    if timeout is None and fut._state == QUEUED and type(fut._call) is tuple:
+    if timeout is None and fut._state == QUEUED and type(fut._handle) is tuple:
         local = thread_state
         depth: int = getattr(local, "inline_depth", 0)
         if depth < MAX_INLINE_DEPTH:
