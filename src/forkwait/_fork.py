@@ -10,14 +10,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._callables import is_async_callable
-from ._future import Future, new_future
+from ._future import Future, allocate_future, new_future
 from ._hosts import current_host, drive, spawn, thread_host
 from ._state import QUEUED, RUNNING
 from ._threads import pool
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 _FunctionType = types.FunctionType
-_new_future = Future.__new__
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -47,7 +46,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         if type(func) is _FunctionType
         else is_async_callable(func)
     ):
-        fut: Future[Any] = _new_future(Future)  # pyright: ignore[reportUnknownVariableType]
+        fut = allocate_future(Future)
         fut._state = RUNNING
         fut._waiters = None
         fut._func = func
@@ -66,7 +65,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         fut._handle = coro  # so that cancel() before the task starts can close it
         spawn(thread_host(), fut, coro, _copy_context())
         return fut
-    fut = _new_future(Future)
+    fut = allocate_future(Future)
     fut._state = QUEUED
     fut._waiters = None
     fut._func = func

@@ -350,22 +350,20 @@ class Future(Generic[T]):
         """Take every registered waiter (exactly once, under the lock) and wake it."""
         _lock()
         try:
-            waiters = self._waiters
+            waiters: Any = self._waiters
             self._waiters = None
         finally:
             _unlock()
         if waiters is None:
             return
-        if (
-            type(waiters) is _AsyncioFuture
-            and self._state == DONE
-            and waiters.get_loop() is _get_running_loop()
-        ):
+        if type(waiters) is _AsyncioFuture and self._state == DONE:
             # The hot path, inlined: one task on this loop awaits the value.
-            if not waiters.done():
-                waiters.set_result(self._value)
-            return
-        if type(waiters) is list:
+            future: asyncio.Future[Any] = waiters  # pyright: ignore[reportUnknownVariableType]
+            if future.get_loop() is _get_running_loop():
+                if not future.done():
+                    future.set_result(self._value)
+                return
+        if type(waiters) is list:  # pyright: ignore[reportUnknownArgumentType]
             waiter: object
             for waiter in cast("list[object]", waiters):
                 self._wake_one(waiter)
@@ -377,7 +375,7 @@ class Future(Generic[T]):
         if type(waiter) is _LockType:
             waiter.release()
         elif isinstance(waiter, _AsyncioFuture):
-            future: asyncio.Future[Any] = waiter
+            future: asyncio.Future[Any] = waiter  # pyright: ignore[reportUnknownVariableType]
             loop = future.get_loop()
             if loop is _get_running_loop():
                 self._settle(future)
@@ -410,12 +408,13 @@ def _is_finished_waiter(waiter: object) -> bool:
     return isinstance(waiter, _AsyncioFuture) and waiter.done()
 
 
-_new_future = Future.__new__
+#: Makes an empty Future without the constructor that refuses users; fork fills it in.
+allocate_future = cast("Callable[[type[Future[Any]]], Future[Any]]", Future.__new__)
 
 
 def new_future(state: int, func: object) -> Future[Any]:
     """A fresh future in ``state`` for a call of ``func`` (``Future`` has no public constructor)."""
-    fut: Future[Any] = _new_future(Future)  # pyright: ignore[reportUnknownVariableType]
+    fut = allocate_future(Future)
     fut._state = state
     fut._waiters = None
     fut._func = func
