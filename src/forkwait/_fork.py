@@ -62,14 +62,14 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
             fut._handle = loop.create_task(drive(fut, coro))
             return fut
         fut._state = QUEUED
-        fut._handle = coro  # so that cancel() before the task starts can close it
+        fut._handle = [coro]  # see _hosts.take; cancel() before the task starts closes it
         spawn(thread_host(), fut, coro, _copy_context())
         return fut
     fut = allocate_future(Future)
     fut._state = QUEUED
     fut._waiters = None
     fut._func = func
-    fut._handle = (func, args, kwargs, _copy_context(), current_host())
+    fut._handle = [(func, args, kwargs, _copy_context(), current_host())]  # see take
     pool.submit(fut)
     return fut
 

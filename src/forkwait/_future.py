@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
 from ._callables import describe
+from ._hosts import take
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from ._state import state_lock as _state_lock
 from ._threads import block_until_done
@@ -205,22 +206,15 @@ class Future(Generic[T]):
         A queued call never starts; a running task is cancelled; a sync call already
         running in a thread cannot be stopped, and this returns ``False``.
         """
-        handle: Any = None
-        _lock()
-        try:  # QUEUED has two would-be completers: this and whoever starts the call
-            state = self._state
-            if state == QUEUED:
-                handle = self._handle
-                self._handle = None
-                self._state = CANCELLED
-        finally:
-            _unlock()
+        state = self._state
         if state == QUEUED:
-            if asyncio.iscoroutine(handle):  # a coroutine that never got its task
-                handle.close()
-            if self._waiters is not None:
-                self._wake_waiters()
-            return True
+            queued = take(self)  # races whoever would start it; one wins (see take)
+            if queued is not None:
+                if asyncio.iscoroutine(queued):  # a coroutine that never got its task
+                    queued.close()
+                self._set_cancelled()
+                return True
+            state = self._state  # started meanwhile
         if state == CANCELLED:
             return True
         task = self._handle
@@ -334,17 +328,6 @@ class Future(Generic[T]):
         self._state = CANCELLED
         if self._waiters is not None:
             self._wake_waiters()
-
-    def _fail_unless_done(self, exc: BaseException) -> None:
-        """Finish with ``exc`` unless ``cancel()`` got there first (two completers race)."""
-        _lock()
-        try:
-            if self._state >= DONE:
-                return
-            self._state = RUNNING  # now this caller is the only completer
-        finally:
-            _unlock()
-        self._set_exception(exc)
 
     def _wake_waiters(self) -> None:
         """Take every registered waiter (exactly once, under the lock) and wake it."""

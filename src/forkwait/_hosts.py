@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from ._runtime import runtime
-from ._state import QUEUED, RUNNING, state_lock
+from ._state import QUEUED, RUNNING
 
 if TYPE_CHECKING:
     from ._future import Future
@@ -24,20 +24,32 @@ Host = asyncio.AbstractEventLoop | None
 
 _get_running_loop = _events._get_running_loop
 
-#: Per thread: ``host``, the loop a forked sync function in this thread works for.
-thread_state = threading.local()
+
+class ThreadState(threading.local):
+    """What forkwait knows about the current thread; class attributes are the defaults,
+    so reading an unset one is as fast as reading a set one."""
+
+    #: The loop a forked sync function running in this thread works for.
+    host: Host = None
+    #: The pool, if this thread is one of its workers.
+    worker: Any = None
+    #: How many queued calls this thread is running inline, one inside the other.
+    inline_depth: int = 0
+
+
+thread_state = ThreadState()
 
 
 def thread_host() -> Host:
     """The loop that a thread without a running loop works for (spec rule 2), else ``None``."""
-    host: Host = getattr(thread_state, "host", None)
+    host = thread_state.host
     if host is not None:
         return host
     # An anyio worker thread (to_thread.run_sync) works for the loop that started it.
     # anyio keeps that in a private thread-local; only look if anyio is loaded at all.
     anyio_loop = sys.modules.get("anyio._core._eventloop")
     if anyio_loop is not None:
-        token = getattr(getattr(anyio_loop, "threadlocals", None), "current_token", None)
+        token = anyio_loop.threadlocals.__dict__.get("current_token")
         native = getattr(token, "native_token", None)
         if isinstance(native, asyncio.AbstractEventLoop):
             return native
@@ -80,24 +92,17 @@ def spawn(
         return
     try:
         loop.call_soon_threadsafe(_start, fut, awaitable, context)
-    except RuntimeError as exc:  # that loop is closed
+    except RuntimeError:  # that loop is closed
         _close(awaitable)
-        fut._fail_unless_done(
-            RuntimeError(f"cannot run the forked call: its event loop {loop!r} is closed")
-        )
-        del exc
+        if fut._state == RUNNING or take(fut) is not None:  # else cancel() won
+            fut._set_exception(
+                RuntimeError(f"cannot run the forked call: its event loop {loop!r} is closed")
+            )
 
 
 def _start(fut: Future[Any], awaitable: Awaitable[Any], context: contextvars.Context) -> None:
-    state_lock.acquire()
-    try:
-        state = fut._state
-        if state == QUEUED:
-            fut._state = RUNNING
-    finally:
-        state_lock.release()
-    if state > RUNNING:  # cancelled before it started
-        _close(awaitable)
+    if (fut._state == QUEUED and take(fut) is None) or fut._state != RUNNING:
+        _close(awaitable)  # cancelled before it started
         return
     loop = _get_running_loop()
     assert loop is not None
@@ -108,3 +113,18 @@ def _close(awaitable: object) -> None:
     close = getattr(awaitable, "close", None)
     if close is not None and asyncio.iscoroutine(awaitable):
         close()
+
+
+def take(fut: Future[Any]) -> Any:
+    """Take a QUEUED future's call or coroutine to start it; ``None`` if someone else did.
+
+    The handle is a one-item list, and ``list.pop`` is atomic: of a worker, a waiter
+    running the call inline, a loop starting the task, and ``cancel()``, exactly one
+    wins, without a lock.
+    """
+    try:
+        item = fut._handle.pop()
+    except (IndexError, AttributeError):
+        return None
+    fut._state = RUNNING
+    return item

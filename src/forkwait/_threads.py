@@ -6,21 +6,25 @@ both branches with 4 threads):
 1. a waiter that finds its call still queued takes it and runs it in its own thread;
 2. a worker blocked in ``wait`` gives its slot back while it blocks, so another worker
    may start and run what it waits for.
+
+The per-call path takes no lock: jobs go on a deque and idle workers park on a lock
+of their own, both of which the GIL makes atomic. The pool lock guards only the
+thread count, which changes when a worker starts, retires, blocks or unblocks.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from _thread import allocate_lock
 from asyncio import events as _events
-from inspect import isawaitable
-from queue import Empty, SimpleQueue
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._config import settings
-from ._hosts import Host, spawn, thread_state
-from ._state import DONE, QUEUED, RUNNING, state_lock
+from ._hosts import Host, spawn, take, thread_state
+from ._state import DONE, QUEUED
 
 if TYPE_CHECKING:
     import contextvars
@@ -32,8 +36,6 @@ if TYPE_CHECKING:
     Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], contextvars.Context, Host]
 
 _get_running_loop = _events._get_running_loop
-_lock = state_lock.acquire
-_unlock = state_lock.release
 
 # Idle workers exit after this long, so thread count returns to its baseline.
 IDLE_SECONDS = 10.0
@@ -41,22 +43,22 @@ IDLE_SECONDS = 10.0
 # inline calls a thread blocks instead (giving its slot back), and a worker with a fresh
 # stack takes the call, so deep recursion of forks does not hit RecursionError.
 MAX_INLINE_DEPTH = 24
-# Put on the queue to wake an idle worker so that it notices a lowered limit.
-_WAKE_UP = None
+# Results of these types are never awaitable: skip inspect.isawaitable for them.
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, list, tuple, dict})
 
 
 def run_call(fut: Future[Any], call: Call) -> None:
-    """Run a claimed sync call in this thread and settle ``fut``."""
+    """Run a taken sync call in this thread and settle ``fut``."""
     func, args, kwargs, context, host = call
     local = thread_state
-    previous = getattr(local, "host", None)
+    previous = local.host
     local.host = host
     try:
         value = context.run(func, *args, **kwargs)
     except BaseException as exc:
         fut._set_exception(exc)
     else:
-        if isawaitable(value):
+        if type(value) not in _PLAIN_TYPES and inspect.isawaitable(value):
             # A sync callable that returned an awaitable (a lambda returning a
             # coroutine): await it on the loop, so a result is never a coroutine.
             spawn(host, fut, value, context)
@@ -64,20 +66,6 @@ def run_call(fut: Future[Any], call: Call) -> None:
             fut._set_result(value)
     finally:
         local.host = previous
-
-
-def claim(fut: Future[Any]) -> Call | None:
-    """Take ``fut``'s queued sync call so this thread runs it; ``None`` if someone else did."""
-    _lock()
-    try:
-        if fut._state == QUEUED:
-            call: Call = fut._handle
-            fut._handle = None
-            fut._state = RUNNING
-            return call
-        return None
-    finally:
-        _unlock()
 
 
 class WorkerPool:
@@ -93,24 +81,25 @@ class WorkerPool:
         # Also the whole state of a child after os.fork: the parent's workers do not
         # exist there, and what they had queued is lost with them.
         self._lock = threading.Lock()
-        self._queue: SimpleQueue[Future[Any] | None] = SimpleQueue()
-        self._running = 0  # workers alive and not blocked in wait (idle ones included)
-        self._idle = 0  # workers waiting for the queue
-        self._queued = 0  # queue entries no worker has taken yet
+        self._jobs: deque[Future[Any]] = deque()
+        # The wake-up locks of idle workers, each held until a submitter releases it.
+        self._parked: list[Any] = []
+        # Workers alive and not blocked in wait, idle ones included; may exceed the
+        # limit briefly when a blocked worker comes back (see unblocked).
+        self._running = 0
         self._serial = 0
 
     def set_limit(self, limit: int) -> None:
         with self._lock:
             self._limit = limit
-            start = self._should_start()
-            # Idle workers beyond the new limit wake up and leave; busy ones leave
-            # when their call returns.
-            wake = min(self._running - limit, self._idle)
-            self._queued += max(wake, 0)
-        for _ in range(wake):
-            self._queue.put(_WAKE_UP)
-        if start:
-            self._start_worker()
+        if self._jobs:
+            self._grow()
+        # Idle workers wake up, and those beyond the new limit retire.
+        while True:
+            try:
+                self._parked.pop().release()
+            except IndexError:
+                break
 
     def thread_count(self) -> int:
         """Workers alive and not blocked in ``wait``."""
@@ -118,76 +107,93 @@ class WorkerPool:
 
     def submit(self, fut: Future[Any]) -> None:
         """Queue ``fut``'s sync call for a worker."""
-        self._queue.put(fut)
+        self._jobs.append(fut)
+        try:
+            self._parked.pop().release()  # the most recently idle worker: its cache is warm
+        except IndexError:
+            if self._running < self._limit:
+                self._grow()
+
+    def _grow(self) -> None:
         with self._lock:
-            self._queued += 1
-            start = self._should_start()
-        if start:
-            self._start_worker()
-
-    def _should_start(self) -> bool:
-        # Called with the lock held; counts the new worker at once so that concurrent
-        # submitters do not both start one for the same job.
-        if self._queued > self._idle and self._running < self._limit:
+            if self._running >= self._limit:
+                return
             self._running += 1
-            return True
-        return False
-
-    def _start_worker(self) -> None:
-        self._serial += 1
-        thread = threading.Thread(
-            target=self._work, name=f"forkwait-worker-{self._serial}", daemon=True
-        )
+            self._serial += 1
+            serial = self._serial
+        thread = threading.Thread(target=self._work, name=f"forkwait-worker-{serial}", daemon=True)
         try:
             thread.start()
         except RuntimeError:  # interpreter shutdown: no new threads
             with self._lock:
                 self._running -= 1
-            raise
+
+    def _retire(self) -> bool:
+        """Leave the pool unless a job would be stranded; ``True`` if this worker left."""
+        with self._lock:
+            self._running -= 1
+            running = self._running
+        if self._jobs:
+            if running < self._limit:
+                # A submitter may have read the count before it dropped and so started
+                # no worker: the slot is free, so stay for the job.
+                with self._lock:
+                    self._running += 1
+                return False
+            self._wake_idle()  # over the limit: leave the job to a worker that stays
+        return True
+
+    def _wake_idle(self) -> None:
+        try:
+            self._parked.pop().release()
+        except IndexError:
+            pass
 
     def _work(self) -> None:
         thread_state.worker = self
-        queue = self._queue
-        lock = self._lock
+        jobs = self._jobs
+        parked = self._parked
+        wake = allocate_lock()
+        wake.acquire()
         while True:
-            with lock:
-                if self._running > self._limit:
-                    # Over the limit: the limit was lowered, or a worker came back from
-                    # a wait (see unblocked); leave rather than run one call too many.
-                    self._running -= 1
-                    return
-                self._idle += 1
+            if self._running > self._limit and self._retire():
+                return  # over the limit: it was lowered, or a waiter came back
             try:
-                fut = queue.get(timeout=self.idle_seconds)
-            except Empty:
-                with lock:
-                    self._idle -= 1
-                    if self._queued <= self._idle:
-                        self._running -= 1
-                        return
-                continue  # something arrived as we timed out: stay for it
-            with lock:
-                self._idle -= 1
-                self._queued -= 1
-            if fut is None:
+                fut = jobs.popleft()
+            except IndexError:
+                parked.append(wake)
+                if jobs:  # a job came before we were visible as idle: stay awake
+                    self._unpark(wake)
+                    continue
+                idle_too_long = not wake.acquire(True, self.idle_seconds)
+                if idle_too_long and self._unpark(wake) and self._retire():
+                    return
                 continue
-            call = claim(fut)
+            call = take(fut)
             if call is not None:
                 run_call(fut, call)
             # Drop references now, or an idle worker keeps the last future alive.
             del fut, call
 
+    def _unpark(self, wake: Any) -> bool:
+        """Take ``wake`` back from the idle list; ``False`` if a submitter already had it."""
+        try:
+            self._parked.remove(wake)
+        except ValueError:
+            wake.acquire()  # the submitter's release is on its way: consume it
+            return False
+        return True
+
     def block_released(self) -> None:
         """This worker is about to block in ``wait``: give its slot to a new worker."""
         with self._lock:
             self._running -= 1
-            start = self._should_start()
-        if start:
-            self._start_worker()
+        if self._jobs and not self._parked:
+            self._grow()
 
     def unblocked(self) -> None:
-        """This worker stopped blocking and takes its slot back (the limit may be
-        exceeded briefly until a worker goes idle; waiting for a slot could deadlock)."""
+        """This worker stopped blocking and takes its slot back; the limit may be
+        exceeded until a worker finishes its call (waiting for a slot could deadlock)."""
         with self._lock:
             self._running += 1
 
@@ -202,11 +208,12 @@ def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
             f"Future.{api}() would block the event loop running in this thread; "
             f"in async code write `await fut` or `await forkwait.wait(fut)`"
         )
-    if timeout is None and fut._state == QUEUED and type(fut._handle) is tuple:
+    if timeout is None and fut._state == QUEUED:
+        handle = fut._handle
         local = thread_state
-        depth: int = getattr(local, "inline_depth", 0)
-        if depth < MAX_INLINE_DEPTH:
-            call = claim(fut)
+        depth = local.inline_depth
+        if handle and type(handle[0]) is tuple and depth < MAX_INLINE_DEPTH:
+            call = take(fut)
             if call is not None:
                 # Rule 1: nobody has started it, so run it here rather than wait for a
                 # worker that may never come.
@@ -221,7 +228,7 @@ def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
     waiter.acquire()
     if not fut._add_waiter(waiter):
         return
-    worker: WorkerPool | None = getattr(thread_state, "worker", None)
+    worker: WorkerPool | None = thread_state.worker
     if worker is not None:
         worker.block_released()  # rule 2
     try:
