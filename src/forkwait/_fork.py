@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from ._callables import is_async_callable
 from ._future import Future, allocate_future, new_future
-from ._hosts import current_host, drive, spawn, thread_host
+from ._hosts import current_host, drive, get_call_frame, spawn, thread_host
 from ._state import QUEUED, RUNNING
 from ._threads import pool
 
@@ -69,7 +69,8 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     fut._state = QUEUED
     fut._waiters = None
     fut._func = func
-    fut._handle = [(func, args, kwargs, _copy_context(), current_host())]  # see take
+    host = _get_running_loop() or get_call_frame()[0] or thread_host()  # current_host()
+    fut._handle = [(func, args, kwargs, _copy_context(), host)]  # see take
     pool.submit(fut)
     return fut
 

@@ -151,7 +151,10 @@ class Future(Generic[T]):
         For sync code; in async code use ``await fut``. ``TimeoutError`` after
         ``timeout`` seconds (the call keeps running).
         """
-        if self._state < DONE:
+        state = self._state
+        if state == DONE:
+            return cast(T, self._value)
+        if state < DONE:
             block_until_done(self, timeout, "result")
         return self._outcome()
 

@@ -20,15 +20,15 @@ import threading
 from _thread import allocate_lock
 from asyncio import events as _events
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._config import settings
-from ._hosts import Host, spawn, take, thread_state
-from ._state import DONE, QUEUED
+from ._hosts import Host, call_frame, get_call_frame, spawn, take, thread_state
+from ._state import DONE, QUEUED, RUNNING
 
 if TYPE_CHECKING:
     import contextvars
-    from collections.abc import Callable
 
     from ._future import Future
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], contextvars.Context, Host]
 
 _get_running_loop = _events._get_running_loop
+_set_call_frame = call_frame.set
 
 # Idle workers exit after this long, so thread count returns to its baseline.
 IDLE_SECONDS = 10.0
@@ -47,25 +48,31 @@ MAX_INLINE_DEPTH = 24
 _PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, list, tuple, dict})
 
 
-def run_call(fut: Future[Any], call: Call) -> None:
-    """Run a taken sync call in this thread and settle ``fut``."""
+def _enter(
+    frame: tuple[Host, int], func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    _set_call_frame(frame)  # in the call's own context, so nothing to restore
+    return func(*args, **kwargs)
+
+
+def run_call(fut: Future[Any], call: Call, depth: int) -> None:
+    """Run a taken sync call in this thread, ``depth`` calls deep inline, and settle ``fut``."""
     func, args, kwargs, context, host = call
-    local = thread_state
-    previous = local.host
-    local.host = host
     try:
-        value = context.run(func, *args, **kwargs)
+        value = context.run(_enter, (host, depth), func, args, kwargs)
     except BaseException as exc:
         fut._set_exception(exc)
-    else:
-        if type(value) not in _PLAIN_TYPES and inspect.isawaitable(value):
-            # A sync callable that returned an awaitable (a lambda returning a
-            # coroutine): await it on the loop, so a result is never a coroutine.
-            spawn(host, fut, value, context)
-        else:
-            fut._set_result(value)
-    finally:
-        local.host = previous
+        return
+    if type(value) not in _PLAIN_TYPES and inspect.isawaitable(value):
+        # A sync callable that returned an awaitable (a lambda returning a
+        # coroutine): await it on the loop, so a result is never a coroutine.
+        spawn(host, fut, value, context)
+        return
+    # fut._set_result(value), inlined: this is every sync call's way out.
+    fut._value = value
+    fut._state = DONE
+    if fut._waiters is not None:
+        fut._wake_waiters()
 
 
 class WorkerPool:
@@ -108,11 +115,16 @@ class WorkerPool:
     def submit(self, fut: Future[Any]) -> None:
         """Queue ``fut``'s sync call for a worker."""
         self._jobs.append(fut)
-        try:
-            self._parked.pop().release()  # the most recently idle worker: its cache is warm
-        except IndexError:
-            if self._running < self._limit:
-                self._grow()
+        # Wake the most recently idle worker (its cache is warm). Test before pop: a
+        # raised IndexError costs more than the whole rest of a fork.
+        if self._parked:
+            try:
+                self._parked.pop().release()
+                return
+            except IndexError:
+                pass
+        if self._running < self._limit:
+            self._grow()
 
     def _grow(self) -> None:
         with self._lock:
@@ -144,10 +156,11 @@ class WorkerPool:
         return True
 
     def _wake_idle(self) -> None:
-        try:
-            self._parked.pop().release()
-        except IndexError:
-            pass
+        if self._parked:
+            try:
+                self._parked.pop().release()
+            except IndexError:
+                pass
 
     def _work(self) -> None:
         thread_state.worker = self
@@ -159,8 +172,10 @@ class WorkerPool:
             if self._running > self._limit and self._retire():
                 return  # over the limit: it was lowered, or a waiter came back
             try:
-                fut = jobs.popleft()
-            except IndexError:
+                fut = jobs.popleft() if jobs else None  # test first: raising costs more
+            except IndexError:  # another worker took the last one between the two
+                fut = None
+            if fut is None:
                 parked.append(wake)
                 if jobs:  # a job came before we were visible as idle: stay awake
                     self._unpark(wake)
@@ -171,7 +186,7 @@ class WorkerPool:
                 continue
             call = take(fut)
             if call is not None:
-                run_call(fut, call)
+                run_call(fut, call, 0)
             # Drop references now, or an idle worker keeps the last future alive.
             del fut, call
 
@@ -210,18 +225,17 @@ def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
         )
     if timeout is None and fut._state == QUEUED:
         handle = fut._handle
-        local = thread_state
-        depth = local.inline_depth
+        depth = get_call_frame()[1]
         if handle and type(handle[0]) is tuple and depth < MAX_INLINE_DEPTH:
-            call = take(fut)
+            try:
+                call: Call | None = handle.pop()  # take(fut), inlined
+            except IndexError:
+                call = None
             if call is not None:
                 # Rule 1: nobody has started it, so run it here rather than wait for a
                 # worker that may never come.
-                local.inline_depth = depth + 1
-                try:
-                    run_call(fut, call)
-                finally:
-                    local.inline_depth = depth
+                fut._state = RUNNING
+                run_call(fut, call, depth + 1)
                 if fut._state >= DONE:
                     return
     waiter = allocate_lock()

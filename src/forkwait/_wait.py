@@ -6,9 +6,11 @@ import time
 import warnings
 from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from ._future import Future
+from ._state import DONE
+from ._threads import block_until_done
 
 T = TypeVar("T")
 
@@ -44,15 +46,14 @@ class _Waiting(Generic[T]):
             )
 
 
-def _check_future(future: object, api: str) -> None:
-    if not isinstance(future, Future):
-        hint = ""
-        if hasattr(future, "__await__"):
-            hint = "; to wait for a plain awaitable, just `await` it"
-        raise TypeError(
-            f"{api}() expects a forkwait.Future from fork(), got "
-            f"{type(future).__qualname__} object {future!r}{hint}"
-        )
+def _not_a_future(future: object, api: str) -> TypeError:
+    hint = ""
+    if hasattr(future, "__await__"):
+        hint = "; to wait for a plain awaitable, just `await` it"
+    return TypeError(
+        f"{api}() expects a forkwait.Future from fork(), got "
+        f"{type(future).__qualname__} object {future!r}{hint}"
+    )
 
 
 def wait(future: Future[T], timeout: float | None = None) -> T:
@@ -64,9 +65,17 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
         value = wait(fork(compute, 3))           # sync code
         value = await wait(fork(compute, 3))     # async code
     """
-    _check_future(future, "wait")
+    if not isinstance(future, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise _not_a_future(future, "wait")
     if _get_running_loop() is None:
-        return future.result(timeout)
+        # future.result(timeout), inlined: the sync hot path.
+        state = future._state
+        if state < DONE:
+            block_until_done(future, timeout, "wait")
+            state = future._state
+        if state == DONE:
+            return cast(T, future._value)
+        return future._outcome()
     source = future if timeout is None else _with_timeout(future, timeout)
     # In async code the value arrives through the awaitable; typed as T for sync
     # callers, whose use is the common one (async code has `await fut`).
@@ -90,7 +99,8 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
     """
     futs = list(futures)
     for fut in futs:
-        _check_future(fut, "wait_all")
+        if not isinstance(fut, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise _not_a_future(fut, "wait_all")
     if _get_running_loop() is None:
         if timeout is None:
             return [fut.result() for fut in futs]
