@@ -11,6 +11,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from ._callables import is_async_callable
 from ._future import Future, allocate_future, new_future
+from ._hooks import get_observer
 from ._hosts import current_host, drive, get_call_frame, spawn, thread_host
 from ._state import QUEUED, RUNNING
 from ._threads import pool
@@ -40,6 +41,9 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         fut = fork(model, batch)      # runs in a worker thread
         out = await fork(fetch, url)  # runs as a task
     """
+    observer = get_observer()
+    if observer is not None:  # tracing: the observer may wrap func to time it
+        func = observer.forked(func, is_async_callable(func))
     # Plain functions are the common case: test their code flags here, not in a call.
     if (
         func.__code__.co_flags & _CO_COROUTINE

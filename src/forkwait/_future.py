@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
 from ._callables import describe
+from ._hooks import get_observer
 from ._hosts import take
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from ._state import state_lock as _state_lock
@@ -151,6 +152,8 @@ class Future(Generic[T]):
         For sync code; in async code use ``await fut``. ``TimeoutError`` after
         ``timeout`` seconds (the call keeps running).
         """
+        if get_observer() is not None:
+            return observed_wait(self, timeout, "result")
         state = self._state
         if state == DONE:
             return cast(T, self._value)
@@ -179,6 +182,11 @@ class Future(Generic[T]):
                     "this thread; from sync code use forkwait.wait(fut)"
                 )
             waiter: asyncio.Future[T] = loop.create_future()
+            observer = get_observer()
+            if observer is not None:
+                stopped = observer.waiting(self)
+                if stopped is not None:
+                    waiter.add_done_callback(lambda _: stopped())
             _lock()
             try:  # _add_waiter for the common single awaiter, inlined: the hot path
                 alone = self._state < DONE and self._waiters is None
@@ -413,3 +421,16 @@ def _run_callback(fn: Callable[[Any], object], fut: Future[Any]) -> None:
         fn(fut)
     except Exception:
         logger.exception("Exception in done callback %r of %r", fn, fut)
+
+
+def observed_wait(fut: Future[T], timeout: float | None, api: str) -> T:
+    """A sync wait that tells the observer when it starts and stops."""
+    observer = get_observer()
+    stopped = observer.waiting(fut) if observer is not None else None
+    try:
+        if fut._state < DONE:
+            block_until_done(fut, timeout, api)
+        return fut._outcome()
+    finally:
+        if stopped is not None:
+            stopped()

@@ -8,7 +8,8 @@ from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from typing import Any, Generic, TypeVar, cast
 
-from ._future import Future
+from ._future import Future, observed_wait
+from ._hooks import get_observer
 from ._state import DONE
 from ._threads import block_until_done
 
@@ -68,6 +69,8 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
     if not isinstance(future, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise _not_a_future(future, "wait")
     if _get_running_loop() is None:
+        if get_observer() is not None:
+            return observed_wait(future, timeout, "wait")
         # future.result(timeout), inlined: the sync hot path.
         state = future._state
         if state < DONE:
