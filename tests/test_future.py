@@ -267,3 +267,76 @@ def test_await_outside_a_loop_points_to_wait() -> None:
         fut.__await__().send(None)
     gate.set()
     assert forkwait.wait(fut) == 1
+
+
+def test_a_failure_reaches_an_awaiter_on_another_loop(loop_factory: Any) -> None:
+    """The call's own exception crosses threads to a task awaiting on another loop."""
+    error = LookupError("from the worker")
+    gate = threading.Event()
+
+    def failing() -> None:
+        gate.wait(timeout=10)
+        raise error
+
+    fut = fork(failing)
+
+    async def consume() -> BaseException:
+        gate.set()
+        try:
+            await fut
+        except LookupError as exc:
+            return exc
+        raise AssertionError("no exception")
+
+    loop = loop_factory()
+    try:
+        assert loop.run_until_complete(consume()) is error
+    finally:
+        loop.close()
+
+
+@pytest.mark.anyio
+async def test_awaiting_a_cancelled_future_raises_forkwait_cancelled_error() -> None:
+    """Both a pending awaiter and a later one get forkwait.CancelledError, not asyncio's."""
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    fut = fork(forever)
+    await started.wait()
+    awaiter = asyncio.ensure_future(wait(fut))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    fut.cancel()
+    with pytest.raises(forkwait.CancelledError):
+        await awaiter
+    with pytest.raises(forkwait.CancelledError):
+        await fut
+
+
+@pytest.mark.anyio
+async def test_keyboard_interrupt_reaches_an_async_awaiter() -> None:
+    """A BaseException from the call is raised at the await, not in the loop."""
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        await fork(interrupted)
+
+
+@pytest.mark.anyio
+async def test_many_awaiters_on_one_loop_share_one_value() -> None:
+    """Several tasks awaiting one pending future all get its value."""
+    gate = asyncio.Event()
+
+    async def gated() -> str:
+        await gate.wait()
+        return "shared"
+
+    fut = fork(gated)
+    awaiters = [asyncio.ensure_future(wait(fut)) for _ in range(5)]  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*awaiters) == ["shared"] * 5
