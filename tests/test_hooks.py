@@ -93,7 +93,8 @@ def test_every_fork_and_wait_is_seen_including_nested_ones(recorder: Recorder) -
     assert sorted(recorder.names("waited")) == ["leaf_async", "leaf_sync", "parent"]
     threads = {name: thread for kind, name, thread in recorder.events if kind == "start"}
     assert threads["leaf_async"] == "forkwait-runtime"
-    assert threads["parent"].startswith("forkwait-worker")
+    # A sync call runs in a worker, or inline in the thread that waits for it first.
+    assert threads["parent"] != "forkwait-runtime"
 
 
 def test_the_wrapped_call_keeps_its_name_and_value(recorder: Recorder) -> None:

@@ -79,5 +79,4 @@ def configure(max_threads: int | None = None, loop: LoopName | None = None) -> N
             settings.loop = loop
         if max_threads is not None:
             settings.max_threads = max_threads
-    if max_threads is not None:
-        pool.set_limit(max_threads)
+            pool.set_limit(max_threads)  # under the lock: concurrent calls agree

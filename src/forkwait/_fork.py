@@ -12,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from ._callables import is_async_callable
 from ._future import Future, allocate_future, new_future
 from ._hooks import get_observer
-from ._hosts import current_host, drive, get_call_frame, spawn, thread_host
+from ._hosts import Slot, current_host, drive, get_call_frame, spawn, take, thread_host
 from ._state import QUEUED, RUNNING
 from ._threads import pool
 
@@ -66,8 +66,8 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
             fut._handle = loop.create_task(drive(fut, coro))
             return fut
         fut._state = QUEUED
-        fut._handle = [coro]  # see _hosts.take; cancel() before the task starts closes it
-        spawn(thread_host(), fut, coro, _copy_context())
+        fut._handle = Slot([coro])  # see take; cancel() before the task starts closes it
+        spawn(thread_host(), fut, coro, _copy_context(), queued=True)
         return fut
     fut = allocate_future(Future)
     fut._state = QUEUED
@@ -82,17 +82,22 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
 def chain(
     fut: Future[Any], fn: Callable[[Future[Any]], Any], context: contextvars.Context
 ) -> Future[Any]:
-    """The future behind ``fut.then(fn)``."""
-    child = new_future(RUNNING, fn)
+    """The future behind ``fut.then(fn)``: QUEUED until ``fut`` is done, so cancellable."""
+    child = new_future(QUEUED, fn)
+    child._handle = Slot([fn])
+    host = current_host()  # the loop an awaitable from fn goes to: the caller's
 
     def run_fn(done: Future[Any]) -> None:
+        if take(child) is None:
+            return  # child.cancel() came first
+        child._state = RUNNING
         try:
             value = context.run(fn, done)
         except BaseException as exc:
             child._set_exception(exc)
             return
         if inspect.isawaitable(value):
-            spawn(current_host(), child, value, context)
+            spawn(host, child, value, context, queued=False)
         else:
             child._set_result(value)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import inspect
 import logging
+from _thread import allocate_lock
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
@@ -23,12 +25,13 @@ S = TypeVar("S")
 
 logger = logging.getLogger("forkwait")
 
-_LockType = type(_state_lock)
+_LockType = type(allocate_lock())  # what a thread blocked in wait waits on
 # Bound once: `with lock:` costs twice what acquire()/release() do, on every fork.
 _lock = _state_lock.acquire
 _unlock = _state_lock.release
 _get_running_loop = _events._get_running_loop
 _AsyncioFuture = asyncio.Future
+_Task: Any = asyncio.Task
 
 
 class CancelledError(concurrent.futures.CancelledError):
@@ -198,11 +201,12 @@ class Future(Generic[T]):
                 if self._state >= DONE:  # finished meanwhile (see _add_waiter)
                     self._wake_waiters()
                 return waiter.__await__()
-            if self._add_waiter(waiter):
-                # The waiter receives the outcome itself (see _settle), so awaiting it
-                # is all there is to do: no generator of ours stays on the stack. If
-                # the awaiting task is cancelled, only the waiter is, never the call.
-                return waiter.__await__()
+            # The waiter receives the outcome itself (see _settle), so awaiting it is all
+            # there is to do: no generator of ours stays on the stack. If the awaiting
+            # task is cancelled, only the waiter is, never the call.
+            if not self._add_waiter(waiter):
+                self._settle(waiter)  # finished meanwhile
+            return waiter.__await__()
         return self._outcome_now()
 
     def _outcome_now(self) -> Generator[Any, None, T]:
@@ -215,7 +219,9 @@ class Future(Generic[T]):
         """Cancel the call: ``True`` if it will not produce a value.
 
         A queued call never starts; a running task is cancelled; a sync call already
-        running in a thread cannot be stopped, and this returns ``False``.
+        running in a thread cannot be stopped, and this returns ``False``. As in asyncio,
+        a running task gets the request at its next step (from another thread, once its
+        loop runs it): it may still finish first, or refuse.
         """
         state = self._state
         if state == QUEUED:
@@ -232,10 +238,10 @@ class Future(Generic[T]):
         if state == RUNNING and isinstance(task, asyncio.Task):
             loop = task.get_loop()
             if loop is _get_running_loop():
-                task.cancel()
+                _cancel_task(self)
             else:
                 try:
-                    loop.call_soon_threadsafe(task.cancel)
+                    loop.call_soon_threadsafe(_cancel_task, self)
                 except RuntimeError:  # its loop is closed; the task will never finish
                     return False
             return True
@@ -419,8 +425,29 @@ def new_future(state: int, func: object) -> Future[Any]:
 def _run_callback(fn: Callable[[Any], object], fut: Future[Any]) -> None:
     try:
         fn(fut)
-    except Exception:
+    except BaseException:
+        # BaseExceptions too: raised here they would skip the other waiters and kill
+        # the worker thread that happened to finish the call.
         logger.exception("Exception in done callback %r of %r", fn, fut)
+
+
+def _cancel_task(fut: Future[Any]) -> None:
+    """Cancel ``fut``'s task, in its loop's thread."""
+    task: Any = fut._handle
+    if type(task) is not _Task or task.done():
+        return
+    driver: Any = task.get_coro()
+    if inspect.getcoroutinestate(driver) == inspect.CORO_CREATED:
+        # Not started: the CancelledError would be thrown in before the driver's
+        # `try`, so the driver could not settle the future; settle it here, and close
+        # the call's coroutine, which will never be awaited.
+        awaitable: object = driver.cr_frame.f_locals.get("awaitable")
+        task.cancel()
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        fut._set_cancelled()
+        return
+    task.cancel()
 
 
 def observed_wait(fut: Future[T], timeout: float | None, api: str) -> T:

@@ -12,10 +12,10 @@ import sys
 import threading
 from asyncio import events as _events
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._runtime import runtime
-from ._state import QUEUED, RUNNING
+from ._state import RUNNING
 
 if TYPE_CHECKING:
     from ._future import Future
@@ -87,51 +87,71 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
 
 
 def spawn(
-    host: Host, fut: Future[Any], awaitable: Awaitable[Any], context: contextvars.Context
+    host: Host,
+    fut: Future[Any],
+    awaitable: Awaitable[Any],
+    context: contextvars.Context,
+    *,
+    queued: bool,
 ) -> None:
-    """Run ``awaitable`` as ``fut``'s task on ``host``'s loop, from any thread."""
+    """Run ``awaitable`` as ``fut``'s task on ``host``'s loop, from any thread.
+
+    ``queued``: ``fut`` is QUEUED with ``awaitable`` in its slot, and whoever takes it
+    from there (this, or ``cancel()``) decides; otherwise the caller already owns ``fut``.
+    """
     loop = host if host is not None else runtime.loop()
     if loop is _get_running_loop():
-        _start(fut, awaitable, context)
+        _start(fut, awaitable, context, queued)
         return
     try:
-        loop.call_soon_threadsafe(_start, fut, awaitable, context)
+        loop.call_soon_threadsafe(_start, fut, awaitable, context, queued)
     except RuntimeError:  # that loop is closed
+        if queued and take(fut) is None:
+            return  # cancel() won, and closed the coroutine
         _close(awaitable)
-        if fut._state == RUNNING or take(fut) is not None:  # else cancel() won
-            fut._set_exception(
-                RuntimeError(f"cannot run the forked call: its event loop {loop!r} is closed")
-            )
+        fut._state = RUNNING
+        fut._set_exception(
+            RuntimeError(f"cannot run the forked call: its event loop {loop!r} is closed")
+        )
 
 
-def _start(fut: Future[Any], awaitable: Awaitable[Any], context: contextvars.Context) -> None:
-    if (fut._state == QUEUED and take(fut) is None) or fut._state != RUNNING:
-        _close(awaitable)  # cancelled before it started
-        return
+def _start(
+    fut: Future[Any], awaitable: Awaitable[Any], context: contextvars.Context, queued: bool
+) -> None:
+    if queued:
+        if take(fut) is None:
+            return  # cancel() won, and closed the coroutine
+        fut._state = RUNNING
     loop = _get_running_loop()
     assert loop is not None
     fut._handle = loop.create_task(drive(fut, awaitable), context=context)
 
 
 def _close(awaitable: object) -> None:
-    close = getattr(awaitable, "close", None)
-    if close is not None and asyncio.iscoroutine(awaitable):
-        close()
+    if asyncio.iscoroutine(awaitable):
+        awaitable.close()
 
 
-def take(fut: Future[Any]) -> Any:
-    """Take a QUEUED future's call or coroutine to start it; ``None`` if someone else did.
+class Slot(list[Any]):
+    """A QUEUED future's coroutine or callback, which a waiter must not run inline.
+
+    A plain ``list`` holds a sync call, which a waiter may take and run itself.
+    """
+
+    __slots__ = ()
+
+
+def take(fut: Future[Any]) -> Any:  # Any: a call record, a coroutine or a callback
+    """Take a QUEUED future's call, coroutine or callback; ``None`` if someone else did.
 
     The handle is a one-item list, and ``list.pop`` is atomic: of a worker, a waiter
     running the call inline, a loop starting the task, and ``cancel()``, exactly one
-    wins, without a lock.
+    wins, without a lock. The winner sets the state it means (RUNNING or CANCELLED).
     """
-    handle: list[Any] = fut._handle
-    if not handle or type(handle) is not list:  # testing first: raising costs more
+    handle: Any = fut._handle
+    if not handle or not isinstance(handle, list):  # testing first: raising costs more
         return None
     try:
-        item = handle.pop()
+        return cast(object, handle.pop())
     except IndexError:
         return None
-    fut._state = RUNNING
-    return item

@@ -1,13 +1,15 @@
-"""The states of a future and the one lock that guards every transition."""
+"""The states of a future and the one lock that guards registering for its end."""
 
 from __future__ import annotations
 
 import os
 import threading
 
-# One lock for every future's state. Transitions are a few attribute writes, never user
-# code, so holding it is short; one shared lock costs no allocation per future.
-state_lock = threading.Lock()
+# One lock for every future's waiters: held for a few attribute writes, never around
+# user code, and one shared lock costs no allocation per future. Reentrant because a
+# garbage collection can run a finalizer that touches a future while the lock is held;
+# an RLock costs the same as a Lock here.
+state_lock = threading.RLock()
 
 # Held across os.fork() so that the child never inherits it locked by a thread that
 # does not exist there.

@@ -21,7 +21,7 @@ from _thread import allocate_lock
 from asyncio import events as _events
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._config import settings
 from ._hosts import Host, call_frame, get_call_frame, spawn, take, thread_state
@@ -66,7 +66,10 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     if type(value) not in _PLAIN_TYPES and inspect.isawaitable(value):
         # A sync callable that returned an awaitable (a lambda returning a
         # coroutine): await it on the loop, so a result is never a coroutine.
-        spawn(host, fut, value, context)
+        try:
+            spawn(host, fut, value, context, queued=False)
+        except BaseException as exc:  # no loop to run it (say, at interpreter exit)
+            fut._set_exception(exc)
         return
     # fut._set_result(value), inlined: this is every sync call's way out.
     fut._value = value
@@ -99,8 +102,9 @@ class WorkerPool:
     def set_limit(self, limit: int) -> None:
         with self._lock:
             self._limit = limit
-        if self._jobs:
-            self._grow()
+        for _ in range(min(len(self._jobs), limit)):  # a raised limit: start what may run
+            if not self._grow():
+                break
         # Idle workers wake up, and those beyond the new limit retire.
         while True:
             try:
@@ -126,10 +130,11 @@ class WorkerPool:
         if self._running < self._limit:
             self._grow()
 
-    def _grow(self) -> None:
+    def _grow(self) -> bool:
+        """Start a worker if the limit allows; ``True`` if one started."""
         with self._lock:
             if self._running >= self._limit:
-                return
+                return False
             self._running += 1
             self._serial += 1
             serial = self._serial
@@ -139,6 +144,8 @@ class WorkerPool:
         except RuntimeError:  # interpreter shutdown: no new threads
             with self._lock:
                 self._running -= 1
+            return False
+        return True
 
     def _retire(self) -> bool:
         """Leave the pool unless a job would be stranded; ``True`` if this worker left."""
@@ -186,6 +193,7 @@ class WorkerPool:
                 continue
             call = take(fut)
             if call is not None:
+                fut._state = RUNNING
                 run_call(fut, call, 0)
             # Drop references now, or an idle worker keeps the last future alive.
             del fut, call
@@ -224,11 +232,12 @@ def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
             f"in async code write `await fut` or `await forkwait.wait(fut)`"
         )
     if timeout is None and fut._state == QUEUED:
-        handle = fut._handle
+        handle: Any = fut._handle
         depth = get_call_frame()[1]
-        if handle and type(handle[0]) is tuple and depth < MAX_INLINE_DEPTH:
+        # A plain list holds a sync call (a Slot holds what a thread must not run).
+        if type(handle) is list and depth < MAX_INLINE_DEPTH:
             try:
-                call: Call | None = handle.pop()  # take(fut), inlined
+                call: Call | None = cast("Call", handle.pop())  # take(fut), inlined
             except IndexError:
                 call = None
             if call is not None:
@@ -250,6 +259,8 @@ def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
             waiter.acquire()
         elif not waiter.acquire(True, max(timeout, 0.0)):
             fut._remove_waiter(waiter)
+            if fut._state >= DONE:  # it finished as the wait timed out: not a timeout
+                return
             raise TimeoutError(f"{fut!r} did not finish within {timeout} seconds; it keeps running")
     finally:
         if worker is not None:

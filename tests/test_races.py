@@ -1,0 +1,120 @@
+"""Regressions for races found in review: each once hung, ran twice or lost something."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+import forkwait
+from forkwait import Future, fork, wait, wait_all
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.anyio
+async def test_cancel_before_the_tasks_first_step_settles_the_future() -> None:
+    """A task cancelled before it ever ran is cancelled, and its coroutine is closed
+    (no "never awaited" warning: warnings are errors here)."""
+    ran = False
+
+    async def work() -> int:
+        nonlocal ran
+        ran = True
+        return 1
+
+    fut = fork(work)
+    assert fut.cancel() is True
+    with pytest.raises(forkwait.CancelledError):
+        await fut
+    assert fut.cancelled()
+    assert not ran
+    gc.collect()
+
+
+def test_cancel_racing_the_loop_that_starts_a_queued_coroutine() -> None:
+    """From a plain thread: cancel() right after fork either wins (never runs) or loses
+    (runs to the end); never both, never neither."""
+    outcomes: set[str] = set()
+    for _ in range(200):
+        ran: list[int] = []
+
+        async def work(ran: list[int] = ran) -> int:
+            ran.append(1)
+            return 1
+
+        fut = fork(work)
+        cancelled = fut.cancel()
+        try:
+            value = wait(fut, timeout=10)
+        except forkwait.CancelledError:
+            assert cancelled
+            assert ran == []
+            outcomes.add("cancelled")
+        else:
+            assert value == 1
+            assert ran == [1]
+            outcomes.add("ran")
+    assert outcomes  # at least one outcome was seen; each was consistent
+
+
+def test_a_base_exception_in_a_callback_kills_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """SystemExit from a done callback is logged; later callbacks, waiters and calls go on."""
+    gate = threading.Event()
+    fut = fork(gate.wait, 10)
+    seen: list[str] = []
+
+    def exits(_: Future[bool]) -> None:
+        raise SystemExit(3)
+
+    fut.add_done_callback(exits)
+    fut.add_done_callback(lambda _: seen.append("second"))
+    blocked: list[bool] = []
+    waiter = threading.Thread(target=lambda: blocked.append(fut.result(timeout=10)))
+    waiter.start()
+    with caplog.at_level(logging.ERROR, logger="forkwait"):
+        gate.set()
+        waiter.join(timeout=10)
+    assert seen == ["second"]
+    assert blocked == [True]
+    assert "SystemExit" in caplog.text
+    assert wait(fork(abs, -2), timeout=10) == 2  # the pool still serves calls
+
+
+def test_a_then_child_cancelled_before_its_parent_ends_never_runs_fn() -> None:
+    """then()'s future is queued until the parent is done, so cancel() stops fn."""
+    gate = threading.Event()
+    parent = fork(gate.wait, 10)
+    ran: list[str] = []
+    child = parent.then(lambda _: ran.append("fn"))
+    assert child.cancel() is True
+    gate.set()
+    wait(parent)
+    assert wait(parent.then(lambda _: "after")) == "after"  # callbacks run in order
+    assert ran == []
+    with pytest.raises(forkwait.CancelledError):
+        wait(child)
+
+
+@pytest.mark.anyio
+async def test_then_with_an_async_fn_runs_on_the_callers_loop() -> None:
+    """An awaitable returned by then's fn goes to the loop that called then()."""
+
+    async def which_loop(_: Future[int]) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    assert await fork(abs, -1).then(which_loop) is asyncio.get_running_loop()
+
+
+def test_raising_the_limit_starts_workers_for_every_queued_call(max_threads: Any) -> None:
+    """With 8 calls queued behind a limit of 1, raising the limit to 8 runs all at once
+    (each waits at a barrier that only 8 concurrent calls can pass)."""
+    max_threads(1)
+    barrier = threading.Barrier(8, timeout=20)
+    futs = [fork(barrier.wait) for _ in range(8)]
+    max_threads(8)
+    assert sorted(wait_all(futs, timeout=25)) == list(range(8))
