@@ -17,7 +17,6 @@ from ._callables import describe
 from ._hooks import get_observer
 from ._hosts import take
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
-from ._state import state_lock as _state_lock
 from ._threads import block_until_done
 
 T = TypeVar("T")
@@ -26,9 +25,6 @@ S = TypeVar("S")
 logger = logging.getLogger("forkwait")
 
 _LockType = type(allocate_lock())  # what a thread blocked in wait waits on
-# Bound once: `with lock:` costs twice what acquire()/release() do, on every fork.
-_lock = _state_lock.acquire
-_unlock = _state_lock.release
 _get_running_loop = _events._get_running_loop
 _AsyncioFuture = asyncio.Future
 _Task: Any = asyncio.Task
@@ -90,9 +86,8 @@ class Future(Generic[T]):
     # Always set.
     _state: int
     _func: object
-    # None, one waiter, or a list of them: blocked threads' locks, awaiting tasks'
-    # asyncio futures, done callbacks. One waiter (the common case) needs no list.
-    _waiters: Any
+    # Blocked threads' locks, awaiting tasks' asyncio futures and done callbacks.
+    _waiters: list[Any]
     # While QUEUED: the sync call's record (a worker or a waiter runs it), or the
     # coroutine waiting for its task. While RUNNING: the task, if it is one.
     _handle: Any
@@ -190,27 +185,23 @@ class Future(Generic[T]):
                 stopped = observer.waiting(self)
                 if stopped is not None:
                     waiter.add_done_callback(lambda _: stopped())
-            _lock()
-            try:  # _add_waiter for the common single awaiter, inlined: the hot path
-                alone = self._state < DONE and self._waiters is None
-                if alone:
-                    self._waiters = waiter
-            finally:
-                _unlock()
-            if alone:
-                if self._state >= DONE:  # finished meanwhile (see _add_waiter)
-                    self._wake_waiters()
-                return waiter.__await__()
-            # The waiter receives the outcome itself (see _settle), so awaiting it is all
-            # there is to do: no generator of ours stays on the stack. If the awaiting
-            # task is cancelled, only the waiter is, never the call.
-            if not self._add_waiter(waiter):
-                self._settle(waiter)  # finished meanwhile
+            # _add_waiter, inlined: the hot path. The waiter receives the outcome itself
+            # (see _settle), so awaiting it is all there is to do: no generator of ours
+            # stays on the stack, and if the awaiting task is cancelled, only the
+            # waiter is, never the call.
+            waiters = self._waiters
+            waiters.append(waiter)
+            if self._state >= DONE:  # finished meanwhile: its completer may have missed us
+                self._drain()
+            elif len(waiters) > _PRUNE_AT:
+                self._prune()
             return waiter.__await__()
         return self._outcome_now()
 
     def _outcome_now(self) -> Generator[Any, None, T]:
         yield from ()
+        if self._state == DONE:
+            return cast(T, self._value)
         return self._outcome()
 
     # -- cancellation ------------------------------------------------------------------
@@ -281,53 +272,50 @@ class Future(Generic[T]):
 
     # -- internals used by fork, the pool and the hosts -----------------------------
     #
-    # Completion is lock-free: a RUNNING future has exactly one completer (the task's
-    # driver, or the thread that claimed the sync call), which stores the outcome and
-    # then the state, and takes the lock only if someone registered a waiter. A
-    # registrar writes under the lock and then checks the state again, so a waiter
-    # added just as the call finished is woken by whichever side takes it from
-    # ``_waiters`` (under the lock), exactly once. The GIL orders the plain stores.
+    # No lock: ``_waiters`` is a list made with the future, and the GIL makes
+    # ``append``, ``pop(0)`` and ``remove`` atomic. A RUNNING future has exactly one
+    # completer (the task's driver, or the thread that took the sync call), which
+    # stores the outcome, then the state, then drains the list. Whoever appends checks
+    # the state afterwards and drains too if it is done, so a waiter added as the call
+    # finished is still woken; ``pop(0)`` hands each waiter to exactly one drainer.
 
     def _add_waiter(self, waiter: object) -> bool:
         """Register ``waiter`` for completion; ``False`` if the future is already done."""
-        _lock()
-        try:
-            if self._state >= DONE:
-                return False
-            waiters: Any = self._waiters
-            if waiters is None:
-                self._waiters = waiter
-            elif type(waiters) is list:
-                waiters = cast("list[object]", waiters)
-                if len(waiters) >= _PRUNE_AT:
-                    # Awaiters that were cancelled leave finished asyncio futures behind.
-                    waiters[:] = [w for w in waiters if not _is_finished_waiter(w)]
-                waiters.append(waiter)
-            else:
-                self._waiters = [waiters, waiter]
-        finally:
-            _unlock()
+        if self._state >= DONE:
+            return False
+        waiters = self._waiters
+        waiters.append(waiter)
         if self._state >= DONE:  # finished meanwhile: its completer may have missed us
-            self._wake_waiters()
+            self._drain()
+        elif len(waiters) > _PRUNE_AT:
+            self._prune()
         return True
 
     def _remove_waiter(self, waiter: object) -> None:
-        _lock()
         try:
-            waiters: Any = self._waiters
-            if waiters is waiter:
-                self._waiters = None
-            elif type(waiters) is list and waiter in waiters:
-                cast("list[object]", waiters).remove(waiter)
-        finally:
-            _unlock()
+            self._waiters.remove(waiter)  # only our own waiters: compared by identity
+        except ValueError:
+            pass  # a drainer took it
+
+    def _prune(self) -> None:
+        """Drop the waiters of awaiting tasks that were cancelled (say, by a timeout)."""
+        waiters = self._waiters
+        for _ in range(len(waiters)):
+            try:
+                waiter = waiters.pop(0)
+            except IndexError:
+                return
+            if not _is_finished_waiter(waiter):
+                waiters.append(waiter)
+        if self._state >= DONE:  # as for any append: the completer may have missed these
+            self._drain()
 
     def _set_result(self, value: Any) -> None:
         """Finish with ``value``; only the call's one completer calls this."""
         self._value = value
         self._state = DONE
-        if self._waiters is not None:
-            self._wake_waiters()
+        if self._waiters:
+            self._drain()
 
     def _set_exception(self, exc: BaseException) -> None:
         """Finish with ``exc``; only the call's one completer calls this."""
@@ -338,37 +326,30 @@ class Future(Generic[T]):
         self._traceback = exc.__traceback__
         self._unretrieved = _Unretrieved(exc, describe(self._func))
         self._state = FAILED
-        if self._waiters is not None:
-            self._wake_waiters()
+        if self._waiters:
+            self._drain()
 
     def _set_cancelled(self) -> None:
         self._state = CANCELLED
-        if self._waiters is not None:
-            self._wake_waiters()
+        if self._waiters:
+            self._drain()
 
-    def _wake_waiters(self) -> None:
-        """Take every registered waiter (exactly once, under the lock) and wake it."""
-        _lock()
-        try:
-            waiters: Any = self._waiters
-            self._waiters = None
-        finally:
-            _unlock()
-        if waiters is None:
-            return
-        if type(waiters) is _AsyncioFuture and self._state == DONE:
-            # The hot path, inlined: one task on this loop awaits the value.
-            future: asyncio.Future[Any] = waiters  # pyright: ignore[reportUnknownVariableType]
-            if future.get_loop() is _get_running_loop():
-                if not future.done():
-                    future.set_result(self._value)
+    def _drain(self) -> None:
+        """Wake every registered waiter, each exactly once, in the order they came."""
+        waiters = self._waiters
+        while waiters:
+            try:
+                waiter = waiters.pop(0)
+            except IndexError:  # another drainer took the last one
                 return
-        if type(waiters) is list:  # pyright: ignore[reportUnknownArgumentType]
-            waiter: object
-            for waiter in cast("list[object]", waiters):
-                self._wake_one(waiter)
-        else:
-            self._wake_one(waiters)
+            if type(waiter) is _AsyncioFuture and self._state == DONE:
+                # The hot path, inlined: a task on this loop awaits the value.
+                future: asyncio.Future[Any] = waiter  # pyright: ignore[reportUnknownVariableType]
+                if future.get_loop() is _get_running_loop():
+                    if not future.done():
+                        future.set_result(self._value)
+                    continue
+            self._wake_one(waiter)
 
     def _wake_one(self, waiter: Any) -> None:
         """Wake a blocked thread, an awaiting task or a done callback, in that order of cost."""
@@ -416,7 +397,7 @@ def new_future(state: int, func: object) -> Future[Any]:
     """A fresh future in ``state`` for a call of ``func`` (``Future`` has no public constructor)."""
     fut = allocate_future(Future)
     fut._state = state
-    fut._waiters = None
+    fut._waiters = []
     fut._func = func
     fut._handle = None
     return fut

@@ -74,8 +74,8 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     # fut._set_result(value), inlined: this is every sync call's way out.
     fut._value = value
     fut._state = DONE
-    if fut._waiters is not None:
-        fut._wake_waiters()
+    if fut._waiters:
+        fut._drain()
 
 
 class WorkerPool:
