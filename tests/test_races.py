@@ -118,3 +118,50 @@ def test_raising_the_limit_starts_workers_for_every_queued_call(max_threads: Any
     futs = [fork(barrier.wait) for _ in range(8)]
     max_threads(8)
     assert sorted(wait_all(futs, timeout=25)) == list(range(8))
+
+
+@pytest.mark.anyio
+async def test_polling_with_timeouts_does_not_pile_up_waiters() -> None:
+    """Each timed-out await leaves a cancelled waiter behind; they are pruned, not kept."""
+    gate = asyncio.Event()
+    fut = fork(gate.wait)
+    for _ in range(100):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(wait(fut), 0.001)  # type: ignore[arg-type]
+    assert fut._waiters is not None
+    assert len(fut._waiters) <= 17
+    gate.set()
+    assert await fut is True
+
+
+def _add_callbacks_as_it_finishes(threads: int, each: int) -> tuple[int, bool]:
+    """Add callbacks from several threads while the call completes; count the runs."""
+    gate = threading.Event()
+    fut = fork(gate.wait, 10)
+    start = threading.Barrier(threads + 1, timeout=10)
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def count(_: Future[bool]) -> None:
+        with lock:
+            calls.append(1)
+
+    def add_many() -> None:
+        start.wait()
+        for _ in range(each):
+            fut.add_done_callback(count)
+
+    adders = [threading.Thread(target=add_many) for _ in range(threads)]
+    for thread in adders:
+        thread.start()
+    start.wait()
+    gate.set()
+    for thread in adders:
+        thread.join(timeout=10)
+    return len(calls), wait(fut)
+
+
+def test_callbacks_added_while_the_call_finishes_run_exactly_once() -> None:
+    """Eight threads add callbacks as the call completes: none is lost or run twice."""
+    for _ in range(20):
+        assert _add_callbacks_as_it_finishes(8, 200) == (8 * 200, True)

@@ -52,7 +52,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     ):
         fut = allocate_future(Future)
         fut._state = RUNNING
-        fut._waiters = []
+        fut._waiters = []  # tasks are awaited: make it now, not under a lock later
         fut._func = func
         try:
             coro = func(*args, **kwargs)
@@ -71,7 +71,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         return fut
     fut = allocate_future(Future)
     fut._state = QUEUED
-    fut._waiters = []
+    fut._waiters = None  # made on first use: most sync calls are waited on inline
     fut._func = func
     host = _get_running_loop() or get_call_frame()[0] or thread_host()  # current_host()
     fut._handle = [(func, args, kwargs, _copy_context(), host)]  # see take

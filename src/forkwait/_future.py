@@ -7,6 +7,7 @@ import concurrent.futures
 import contextvars
 import inspect
 import logging
+import threading
 from _thread import allocate_lock
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable, Generator
@@ -25,6 +26,7 @@ S = TypeVar("S")
 logger = logging.getLogger("forkwait")
 
 _LockType = type(allocate_lock())  # what a thread blocked in wait waits on
+_first_waiter_lock = threading.Lock()
 _get_running_loop = _events._get_running_loop
 _AsyncioFuture = asyncio.Future
 _Task: Any = asyncio.Task
@@ -86,8 +88,9 @@ class Future(Generic[T]):
     # Always set.
     _state: int
     _func: object
-    # Blocked threads' locks, awaiting tasks' asyncio futures and done callbacks.
-    _waiters: list[Any]
+    # Blocked threads' locks, awaiting tasks' asyncio futures and done callbacks; None
+    # until the first one comes, for sync calls (see _make_waiters).
+    _waiters: list[Any] | None
     # While QUEUED: the sync call's record (a worker or a waiter runs it), or the
     # coroutine waiting for its task. While RUNNING: the task, if it is one.
     _handle: Any
@@ -190,11 +193,13 @@ class Future(Generic[T]):
             # stays on the stack, and if the awaiting task is cancelled, only the
             # waiter is, never the call.
             waiters = self._waiters
+            if waiters is None:
+                waiters = self._make_waiters()
             waiters.append(waiter)
             if self._state >= DONE:  # finished meanwhile: its completer may have missed us
                 self._drain()
             elif len(waiters) > _PRUNE_AT:
-                self._prune()
+                self._prune(waiters)
             return waiter.__await__()
         return self._outcome_now()
 
@@ -272,9 +277,9 @@ class Future(Generic[T]):
 
     # -- internals used by fork, the pool and the hosts -----------------------------
     #
-    # No lock: ``_waiters`` is a list made with the future, and the GIL makes
-    # ``append``, ``pop(0)`` and ``remove`` atomic. A RUNNING future has exactly one
-    # completer (the task's driver, or the thread that took the sync call), which
+    # No lock: ``_waiters`` is a list (made with a task's future, or on first use),
+    # and the GIL makes ``append``, ``pop(0)`` and ``remove`` atomic. A RUNNING future
+    # has exactly one completer (the task's driver, or the thread that took the call), which
     # stores the outcome, then the state, then drains the list. Whoever appends checks
     # the state afterwards and drains too if it is done, so a waiter added as the call
     # finished is still woken; ``pop(0)`` hands each waiter to exactly one drainer.
@@ -284,22 +289,34 @@ class Future(Generic[T]):
         if self._state >= DONE:
             return False
         waiters = self._waiters
+        if waiters is None:
+            waiters = self._make_waiters()
         waiters.append(waiter)
         if self._state >= DONE:  # finished meanwhile: its completer may have missed us
             self._drain()
         elif len(waiters) > _PRUNE_AT:
-            self._prune()
+            self._prune(waiters)
         return True
 
-    def _remove_waiter(self, waiter: object) -> None:
-        try:
-            self._waiters.remove(waiter)  # only our own waiters: compared by identity
-        except ValueError:
-            pass  # a drainer took it
+    def _make_waiters(self) -> list[Any]:
+        # Sync calls' futures get their list on first use (most are waited on inline
+        # and never need one); two threads must not both make one, hence the lock.
+        with _first_waiter_lock:
+            waiters = self._waiters
+            if waiters is None:
+                waiters = self._waiters = []
+            return waiters
 
-    def _prune(self) -> None:
-        """Drop the waiters of awaiting tasks that were cancelled (say, by a timeout)."""
+    def _remove_waiter(self, waiter: object) -> None:
         waiters = self._waiters
+        if waiters is not None:
+            try:
+                waiters.remove(waiter)  # only our own waiters: compared by identity
+            except ValueError:
+                pass  # a drainer took it
+
+    def _prune(self, waiters: list[Any]) -> None:
+        """Drop the waiters of awaiting tasks that were cancelled (say, by a timeout)."""
         for _ in range(len(waiters)):
             try:
                 waiter = waiters.pop(0)
@@ -337,6 +354,8 @@ class Future(Generic[T]):
     def _drain(self) -> None:
         """Wake every registered waiter, each exactly once, in the order they came."""
         waiters = self._waiters
+        if waiters is None:
+            return
         while waiters:
             try:
                 waiter = waiters.pop(0)
@@ -397,7 +416,7 @@ def new_future(state: int, func: object) -> Future[Any]:
     """A fresh future in ``state`` for a call of ``func`` (``Future`` has no public constructor)."""
     fut = allocate_future(Future)
     fut._state = state
-    fut._waiters = []
+    fut._waiters = None
     fut._func = func
     fut._handle = None
     return fut
