@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from typing import Literal, cast
@@ -13,8 +12,10 @@ LoopName = Literal["asyncio", "uvloop"]
 DEFAULT_MAX_THREADS = 40
 
 
-def _uvloop_installed() -> bool:
-    # find_spec looks for the package without importing it: `import forkwait` stays light.
+def uvloop_installed() -> bool:
+    """Whether uvloop can be imported here (found, not imported: that waits for first use)."""
+    import importlib.util  # here, not at the top: `import forkwait` stays light
+
     return importlib.util.find_spec("uvloop") is not None
 
 
@@ -26,7 +27,8 @@ class _Settings:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.max_threads = DEFAULT_MAX_THREADS
-        self.loop: LoopName = "uvloop" if _uvloop_installed() else "asyncio"
+        # None: uvloop where installed, else asyncio, decided when the runtime starts.
+        self.loop: LoopName | None = None
 
 
 settings = _Settings()
@@ -59,7 +61,7 @@ def configure(max_threads: int | None = None, loop: LoopName | None = None) -> N
     if loop is not None:
         if loop not in ("asyncio", "uvloop"):
             raise ValueError(f'configure(loop=...) must be "asyncio" or "uvloop", got {loop!r}')
-        if loop == "uvloop" and not _uvloop_installed():
+        if loop == "uvloop" and not uvloop_installed():
             raise ValueError(
                 'configure(loop="uvloop") needs uvloop, which is not installed here; '
                 'install it (pip install uvloop) or pass loop="asyncio"'

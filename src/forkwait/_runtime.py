@@ -14,7 +14,7 @@ import os
 import threading
 from typing import Any
 
-from ._config import settings
+from ._config import settings, uvloop_installed
 
 logger = logging.getLogger("forkwait")
 
@@ -61,7 +61,7 @@ class DefaultRuntime:
         with self._lock:
             if self._loop is not None:
                 return self._loop
-            name = settings.loop
+            name = settings.loop or ("uvloop" if uvloop_installed() else "asyncio")
             started: list[asyncio.AbstractEventLoop] = []
             ready = threading.Event()
             thread = threading.Thread(
