@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
 from ._runtime import runtime
-from ._state import RUNNING
+from ._state import DONE, RUNNING
 
 if TYPE_CHECKING:
     from ._future import Future
@@ -79,11 +79,15 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
     except BaseException as exc:
         # KeyboardInterrupt and SystemExit included: they belong to the waiter, not to
         # the loop that happened to run the call.
+        fut._handle = None
         fut._set_exception(exc)
     else:
-        fut._set_result(value)
-    finally:
+        # fut._set_result(value), inlined: every task ends here.
         fut._handle = None  # the finished task is no longer needed for cancel()
+        fut._value = value
+        fut._state = DONE
+        if fut._waiters:
+            fut._drain()
 
 
 def spawn(
