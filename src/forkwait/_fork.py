@@ -12,7 +12,16 @@ from typing import Any, ParamSpec, TypeVar, overload
 from ._callables import is_async_callable
 from ._future import Future, allocate_future, new_future
 from ._hooks import get_observer
-from ._hosts import Slot, current_host, drive, get_call_frame, spawn, take, thread_host
+from ._hosts import (
+    UNRESOLVED,
+    Slot,
+    current_host,
+    drive,
+    get_call_frame,
+    spawn,
+    take,
+    thread_host,
+)
 from ._state import QUEUED, RUNNING
 from ._threads import pool
 
@@ -73,7 +82,11 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     fut._state = QUEUED
     fut._waiters = None  # made on first use: most sync calls are waited on inline
     fut._func = func
-    host = _get_running_loop() or get_call_frame()[0] or thread_host()  # current_host()
+    host = _get_running_loop()  # current_host(), inlined:
+    if host is None:
+        host = get_call_frame()[0]  # inside a forked call: what it works for
+        if host is UNRESOLVED:
+            host = thread_host()
     fut._handle = [(func, args, kwargs, _copy_context(), host)]  # see take
     pool.submit(fut)
     return fut

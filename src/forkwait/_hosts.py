@@ -34,12 +34,15 @@ class ThreadState(threading.local):
 
 thread_state = ThreadState()
 
+#: Marks "not inside a forked call": the host must be looked up (see thread_host).
+UNRESOLVED: Any = object()
+
 #: Inside a forked sync call: the loop it works for (spec rule 2), and how many queued
 #: calls its thread is running inline, one inside the other. Each call runs in a
 #: context of its own, so a context variable is per call and per thread at once, and
 #: reading one costs a third of reading a thread-local.
 call_frame: contextvars.ContextVar[tuple[Host, int]] = contextvars.ContextVar(
-    "forkwait_call_frame", default=(None, 0)
+    "forkwait_call_frame", default=(UNRESOLVED, 0)
 )
 get_call_frame = call_frame.get
 
@@ -47,7 +50,7 @@ get_call_frame = call_frame.get
 def thread_host() -> Host:
     """The loop that a thread without a running loop works for (spec rule 2), else ``None``."""
     host = get_call_frame()[0]
-    if host is not None:
+    if host is not UNRESOLVED:
         return host
     # An anyio worker thread (to_thread.run_sync) works for the loop that started it.
     # anyio keeps that in a private thread-local; only look if anyio is loaded at all.

@@ -231,6 +231,11 @@ def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
             f"Future.{api}() would block the event loop running in this thread; "
             f"in async code write `await fut` or `await forkwait.wait(fut)`"
         )
+    block(fut, timeout)
+
+
+def block(fut: Future[Any], timeout: float | None) -> None:
+    """``block_until_done`` for a caller that knows no loop runs in this thread."""
     if timeout is None and fut._state == QUEUED:
         handle: Any = fut._handle
         depth = get_call_frame()[1]

@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar, cast
 from ._future import Future, observed_wait
 from ._hooks import get_observer
 from ._state import DONE
-from ._threads import block_until_done
+from ._threads import block
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
         # future.result(timeout), inlined: the sync hot path.
         state = future._state
         if state < DONE:
-            block_until_done(future, timeout, "wait")
+            block(future, timeout)  # no loop runs here: checked above
             state = future._state
         if state == DONE:
             return cast(T, future._value)
