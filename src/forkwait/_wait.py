@@ -61,7 +61,9 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
     """The value of ``future``: blocks in sync code; in async code, ``await wait(fut)``.
 
     Raises the call's own exception, ``TimeoutError`` after ``timeout`` seconds (the
-    call keeps running), or ``forkwait.CancelledError`` if it was cancelled.
+    call keeps running), or ``forkwait.CancelledError`` if it was cancelled. One
+    signature cannot be typed for both uses: type checkers see the sync one, so typed
+    async code writes ``await fut`` (the same wait without a timeout).
 
         value = wait(fork(compute, 3))           # sync code
         value = await wait(fork(compute, 3))     # async code
