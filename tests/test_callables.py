@@ -186,7 +186,7 @@ def test_non_callables_are_refused_with_the_right_call(value: object) -> None:
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_an_awaitable_object_is_refused() -> None:
     """A task or future is not a callable: the error says to await it instead."""
     task = asyncio.ensure_future(where_async("t"))

@@ -15,7 +15,7 @@ from forkwait import fork, wait
 pytestmark = pytest.mark.timeout(20)
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_cancelling_a_pending_task_cancels_it() -> None:
     """cancel() on a running task returns True; waiting raises forkwait.CancelledError."""
     started = asyncio.Event()
@@ -102,7 +102,7 @@ def test_cancel_after_completion_returns_false() -> None:
     assert fut.result() == 1
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_a_coroutine_queued_for_another_loop_is_cancelled_before_it_starts() -> None:
     """A coroutine forked from a worker thread and cancelled at once never runs."""
     ran = False
@@ -122,7 +122,7 @@ async def test_a_coroutine_queued_for_another_loop_is_cancelled_before_it_starts
     assert ran is False
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_cancelling_the_awaiter_leaves_the_forked_call_running() -> None:
     """Outside a scope, cancelling the code that awaits a future does not cancel the call."""
     gate = asyncio.Event()

@@ -62,7 +62,7 @@ def test_exception_waits_with_a_timeout() -> None:
     assert fut.exception() is None
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_await_gives_the_value_or_raises() -> None:
     """`await fut` is the async form of result()."""
     assert await fork(asyncio.sleep, 0, "v") == "v"
@@ -140,7 +140,7 @@ def test_a_future_on_loop_a_is_awaited_on_loop_b_and_waited_on_in_a_third_thread
         loop_a.close()
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_a_default_runtime_future_is_awaited_from_the_callers_loop() -> None:
     """A future forked from a plain thread (default runtime) is awaitable on this loop."""
     made: list[Future[int]] = []
@@ -190,7 +190,7 @@ def test_then_with_a_coroutine_function_awaits_it() -> None:
     assert wait(fork(abs, -4).then(describe)) == "got 4"
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_then_is_awaitable_from_async_code() -> None:
     """The chained future is an ordinary Future: await it."""
     assert await fork(asyncio.sleep, 0, 2).then(lambda f: f.result() + 1) == 3
@@ -295,7 +295,7 @@ def test_a_failure_reaches_an_awaiter_on_another_loop(loop_factory: Any) -> None
         loop.close()
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_awaiting_a_cancelled_future_raises_forkwait_cancelled_error() -> None:
     """Both a pending awaiter and a later one get forkwait.CancelledError, not asyncio's."""
     started = asyncio.Event()
@@ -326,7 +326,7 @@ async def test_keyboard_interrupt_reaches_an_async_awaiter() -> None:
         await fork(interrupted)
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_many_awaiters_on_one_loop_share_one_value() -> None:
     """Several tasks awaiting one pending future all get its value."""
     gate = asyncio.Event()

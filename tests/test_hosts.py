@@ -24,26 +24,26 @@ def loop_of_nested_async_fork() -> asyncio.AbstractEventLoop:
     return wait(fork(running_loop))
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_rule_1_the_callers_running_loop() -> None:
     """A coroutine forked from async code runs on the caller's own loop."""
     assert await fork(running_loop) is asyncio.get_running_loop()
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_rule_2_a_forked_sync_function_forks_onto_the_loop_it_works_for() -> None:
     """Nested forks from a worker thread go back to the loop that forked the worker."""
     assert await fork(loop_of_nested_async_fork) is asyncio.get_running_loop()
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_rule_2_an_anyio_worker_thread_forks_onto_its_loop() -> None:
     """anyio.to_thread workers work for the loop that started them."""
     loop = await anyio.to_thread.run_sync(loop_of_nested_async_fork)
     assert loop is asyncio.get_running_loop()
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_rule_2_holds_through_several_levels() -> None:
     """sync -> sync -> async: the innermost coroutine still runs on the caller's loop."""
 
@@ -96,3 +96,18 @@ def test_a_loop_in_another_thread_runs_its_own_forks(loop_factory: Any) -> None:
     finally:
         loop.close()
     assert own is nested is loop
+
+
+@pytest.mark.asyncio
+async def test_pytest_asyncio_runs_tests_on_both_loops(request: pytest.FixtureRequest) -> None:
+    """The asyncio-specific tests really run on uvloop too, not twice on asyncio."""
+    kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    assert kind == request.node.callspec.id  # "asyncio" or "uvloop"
+
+
+@pytest.mark.anyio
+async def test_anyio_runs_tests_on_both_loops(anyio_backend: Any) -> None:
+    """The backend-neutral tests run on uvloop when the backend asks for it."""
+    uses_uvloop = anyio_backend[1]["use_uvloop"]
+    kind = type(await fork(running_loop)).__module__.split(".")[0]
+    assert kind == ("uvloop" if uses_uvloop else "asyncio")

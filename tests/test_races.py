@@ -100,7 +100,7 @@ def test_a_then_child_cancelled_before_its_parent_ends_never_runs_fn() -> None:
         wait(child)
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_then_with_an_async_fn_runs_on_the_callers_loop() -> None:
     """An awaitable returned by then's fn goes to the loop that called then()."""
 
@@ -120,7 +120,7 @@ def test_raising_the_limit_starts_workers_for_every_queued_call(max_threads: Any
     assert sorted(wait_all(futs, timeout=25)) == list(range(8))
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_polling_with_timeouts_does_not_pile_up_waiters() -> None:
     """Each timed-out await leaves a cancelled waiter behind; they are pruned, not kept."""
     gate = asyncio.Event()

@@ -35,7 +35,7 @@ def test_wait_blocks_in_sync_code_until_the_value_arrives() -> None:
     assert fut.done()
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_wait_is_awaitable_in_async_code() -> None:
     """In async code wait returns an awaitable; awaiting it gives the value."""
     fut = fork(asyncio.sleep, 0, "v")
@@ -44,7 +44,7 @@ async def test_wait_is_awaitable_in_async_code() -> None:
     assert await pending == "v"  # type: ignore[misc]
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_a_wait_never_awaited_warns() -> None:
     """Forgetting `await` before wait in async code gives a RuntimeWarning that says so."""
     fut = fork(asyncio.sleep, 0, "v")
@@ -58,7 +58,7 @@ async def test_a_wait_never_awaited_warns() -> None:
     await fut
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_the_awaitable_from_wait_is_awaited_once() -> None:
     """Awaiting the same wait() twice is an error, as for a coroutine."""
     fut = fork(asyncio.sleep, 0, 1)
@@ -89,7 +89,7 @@ def test_sync_timeout_on_a_task_of_the_default_runtime() -> None:
     assert wait(fut) == "late"
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_async_timeout_raises_timeout_error_and_the_call_completes() -> None:
     """`await wait(fut, timeout)` raises TimeoutError; the task is not cancelled."""
     gate = asyncio.Event()
@@ -125,7 +125,7 @@ def test_wait_on_something_that_is_not_a_future_raises_type_error(value: Any) ->
         wait(value)
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_wait_on_a_plain_awaitable_says_to_await_it() -> None:
     """An asyncio task passed to wait gets a hint to just await it."""
     task = asyncio.ensure_future(asyncio.sleep(0))
@@ -143,7 +143,7 @@ def test_wait_all_keeps_order_in_sync_code() -> None:
     assert wait_all(futs) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_wait_all_keeps_order_in_async_code() -> None:
     """The async form of wait_all gives the values in order too, sync and async mixed."""
 
@@ -175,7 +175,7 @@ def test_wait_all_timeout_bounds_the_whole_wait() -> None:
     assert wait_all(futs, timeout=10) == [1, 2]
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_wait_all_async_timeout() -> None:
     """The async wait_all raises TimeoutError too."""
     gate = asyncio.Event()
