@@ -12,6 +12,7 @@ import pytest
 
 import forkwait
 from forkwait import Future, fork, wait, wait_all
+from tests.conftest import run_script
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -129,7 +130,7 @@ async def test_polling_with_timeouts_does_not_pile_up_waiters() -> None:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(wait(fut), 0.001)  # type: ignore[arg-type]
     assert fut._waiters is not None
-    assert len(fut._waiters) <= 17
+    assert len(fut._waiters) <= 32  # pruned each time the list doubles
     gate.set()
     assert await fut is True
 
@@ -165,3 +166,83 @@ def test_callbacks_added_while_the_call_finishes_run_exactly_once() -> None:
     """Eight threads add callbacks as the call completes: none is lost or run twice."""
     for _ in range(20):
         assert _add_callbacks_as_it_finishes(8, 200) == (8 * 200, True)
+
+
+@pytest.mark.asyncio
+async def test_a_task_cancelled_by_someone_else_before_its_first_step_is_cancelled() -> None:
+    """A sweep over all_tasks() (as asyncio.run's teardown does) cancels the task before
+    it ever ran: the future still settles, and the coroutine is closed (no "never
+    awaited" warning: warnings are errors here)."""
+
+    async def work() -> int:
+        return 1
+
+    fut = fork(work)
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.cancel()
+    with pytest.raises(forkwait.CancelledError):
+        await fut
+    gc.collect()
+
+
+def test_cancel_from_another_thread_as_the_loop_starts_the_task() -> None:
+    """cancel() of a coroutine fork made from plain code returns False only once the
+    call has finished; True otherwise (a request, as for asyncio tasks)."""
+    for _ in range(2000):
+
+        async def work() -> int:
+            return 1
+
+        fut = fork(work)
+        if not fut.cancel():
+            assert fut.done()
+        try:
+            assert wait(fut, timeout=10) == 1
+        except forkwait.CancelledError:
+            assert fut.cancelled()
+
+
+def test_a_worker_that_forks_the_process_does_not_serve_the_parents_queue() -> None:
+    """os.fork() inside a forked call: in the child, the parent's queued calls do not
+    run a second time (the worker's thread ends there instead)."""
+    result = run_script(
+        """
+        import os, signal, threading, time
+        import forkwait
+        from forkwait import fork, wait
+
+        forkwait.configure(max_threads=1)
+        gate = threading.Event()
+
+        def job(n):
+            os.write(1, f"job {n} ran in {os.getpid()}\\n".encode())
+
+        def forks_the_process():
+            gate.wait(10)
+            pid = os.fork()
+            if pid == 0:
+                return None  # the child: this worker thread is all there is
+            deadline = time.monotonic() + 10
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    return "child hung"
+                time.sleep(0.01)
+            return "child ended"
+
+        first = fork(forks_the_process)
+        queued = [fork(job, n) for n in range(2)]
+        gate.set()
+        print(wait(first, timeout=20))
+        for fut in queued:
+            wait(fut, timeout=20)
+        print("parent", os.getpid())
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    parent = lines[-1].split()[1]
+    assert "child ended" in lines, result.stdout
+    ran = sorted(line for line in lines if line.startswith("job"))
+    assert ran == [f"job 0 ran in {parent}", f"job 1 ran in {parent}"], result.stdout

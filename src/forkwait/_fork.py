@@ -16,7 +16,7 @@ from ._hosts import (
     UNRESOLVED,
     Slot,
     current_host,
-    drive,
+    driver,
     get_call_frame,
     spawn,
     take,
@@ -72,10 +72,10 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         loop = _get_running_loop()
         if loop is not None:
             # The hot path: a task on the caller's own loop, which copies the context.
-            fut._handle = loop.create_task(drive(fut, coro))
+            fut._handle = loop.create_task(driver(fut, coro))
             return fut
         fut._state = QUEUED
-        fut._handle = Slot([coro])  # see take; cancel() before the task starts closes it
+        fut._handle = Slot(coro)  # see take; cancel() before the task starts closes it
         spawn(thread_host(), fut, coro, _copy_context(), queued=True)
         return fut
     fut = allocate_future(Future)
@@ -97,7 +97,7 @@ def chain(
 ) -> Future[Any]:
     """The future behind ``fut.then(fn)``: QUEUED until ``fut`` is done, so cancellable."""
     child = new_future(QUEUED, fn)
-    child._handle = Slot([fn])
+    child._handle = Slot(fn)
     host = current_host()  # the loop an awaitable from fn goes to: the caller's
 
     def run_fn(done: Future[Any]) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import inspect
 import logging
+import os
 import threading
 from _thread import allocate_lock
 from asyncio import events as _events
@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ._callables import describe
 from ._hooks import get_observer
-from ._hosts import take
+from ._hosts import Slot, take
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from ._threads import block_until_done
 
@@ -27,6 +27,15 @@ logger = logging.getLogger("forkwait")
 
 _LockType = type(allocate_lock())  # what a thread blocked in wait waits on
 _first_waiter_lock = threading.Lock()
+
+
+def _new_first_waiter_lock() -> None:
+    # A thread of the parent may have held it at the fork; it does not exist here.
+    global _first_waiter_lock
+    _first_waiter_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_first_waiter_lock)
 _get_running_loop = _events._get_running_loop
 _AsyncioFuture = asyncio.Future
 _Task: Any = asyncio.Task
@@ -198,7 +207,7 @@ class Future(Generic[T]):
             waiters.append(waiter)
             if self._state >= DONE:  # finished meanwhile: its completer may have missed us
                 self._drain()
-            elif len(waiters) > _PRUNE_AT:
+            elif _should_prune(len(waiters)):
                 self._prune(waiters)
             return waiter.__await__()
         return self._outcome_now()
@@ -226,6 +235,15 @@ class Future(Generic[T]):
                 if asyncio.iscoroutine(queued):  # a coroutine that never got its task
                     queued.close()
                 self._set_cancelled()
+                return True
+            handle = self._handle
+            if isinstance(handle, Slot) and handle.loop is not None:
+                # Its loop took the coroutine and is making the task right now: cancel
+                # the task once it exists, which this callback (queued after) sees.
+                try:
+                    handle.loop.call_soon_threadsafe(_cancel_task, self)
+                except RuntimeError:  # that loop closed: the call failed, not cancelled
+                    return False
                 return True
             state = self._state  # started meanwhile
         if state == CANCELLED:
@@ -294,7 +312,7 @@ class Future(Generic[T]):
         waiters.append(waiter)
         if self._state >= DONE:  # finished meanwhile: its completer may have missed us
             self._drain()
-        elif len(waiters) > _PRUNE_AT:
+        elif _should_prune(len(waiters)):
             self._prune(waiters)
         return True
 
@@ -316,7 +334,8 @@ class Future(Generic[T]):
                 pass  # a drainer took it
 
     def _prune(self, waiters: list[Any]) -> None:
-        """Drop the waiters of awaiting tasks that were cancelled (say, by a timeout)."""
+        """Drop the waiters of awaiting tasks that were cancelled (say, by a timeout);
+        the others keep their order among themselves, behind any added meanwhile."""
         for _ in range(len(waiters)):
             try:
                 waiter = waiters.pop(0)
@@ -401,7 +420,10 @@ class Future(Generic[T]):
             waiter.set_exception(self._cancelled_error())
 
 
-_PRUNE_AT = 16
+def _should_prune(count: int) -> bool:
+    # At 32, 64, 128...: pruning costs O(n^2) (pop(0) n times), so doing it only when
+    # the list doubles keeps registration amortised O(n).
+    return count >= 32 and count & (count - 1) == 0
 
 
 def _is_finished_waiter(waiter: object) -> bool:
@@ -434,20 +456,8 @@ def _run_callback(fn: Callable[[Any], object], fut: Future[Any]) -> None:
 def _cancel_task(fut: Future[Any]) -> None:
     """Cancel ``fut``'s task, in its loop's thread."""
     task: Any = fut._handle
-    if type(task) is not _Task or task.done():
-        return
-    driver: Any = task.get_coro()
-    if inspect.getcoroutinestate(driver) == inspect.CORO_CREATED:
-        # Not started: the CancelledError would be thrown in before the driver's
-        # `try`, so the driver could not settle the future; settle it here, and close
-        # the call's coroutine, which will never be awaited.
-        awaitable: object = driver.cr_frame.f_locals.get("awaitable")
+    if type(task) is _Task:
         task.cancel()
-        if asyncio.iscoroutine(awaitable):
-            awaitable.close()
-        fut._set_cancelled()
-        return
-    task.cancel()
 
 
 def observed_wait(fut: Future[T], timeout: float | None, api: str) -> T:

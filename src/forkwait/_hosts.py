@@ -11,7 +11,7 @@ import contextvars
 import sys
 import threading
 from asyncio import events as _events
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
 from ._runtime import runtime
@@ -71,17 +71,47 @@ def current_host() -> Host:
     return thread_host()
 
 
+class _Suspend(tuple[None]):
+    """``await SUSPEND`` yields once, like ``asyncio.sleep(0)``, with no Python frame."""
+
+    __slots__ = ()
+    if TYPE_CHECKING:
+
+        def __await__(self) -> Generator[None, None, None]: ...
+
+    else:
+        __await__ = tuple.__iter__  # an iterator over (None,): one bare yield, then done
+
+
+SUSPEND = _Suspend((None,))
+
+
+def driver(fut: Future[Any], awaitable: Awaitable[Any]) -> Coroutine[Any, Any, None]:
+    """The coroutine for ``fut``'s task: ``drive``, already at its first suspension.
+
+    A task cancelled before its first step would otherwise get the CancelledError
+    before ``drive``'s ``try``, and a loop closed before then would drop it the same
+    way: the future would never settle. Started here, it is inside the ``try`` at once.
+    """
+    coro = drive(fut, awaitable)
+    coro.send(None)
+    return coro
+
+
 async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
     """Await ``awaitable`` as the body of ``fut``'s task and settle ``fut`` with the outcome."""
     try:
+        await SUSPEND  # see driver(): the task's first step resumes here
         value = await awaitable
     except GeneratorExit:
         # The task was destroyed unfinished (its loop closed): it will never end.
+        _close(awaitable)
         fut._set_cancelled()
         raise
     except BaseException as exc:
         # KeyboardInterrupt and SystemExit included: they belong to the waiter, not to
         # the loop that happened to run the call.
+        _close(awaitable)  # if it never started (cancelled at SUSPEND), it never will
         fut._handle = None
         fut._set_exception(exc)
     else:
@@ -110,6 +140,8 @@ def spawn(
     if loop is _get_running_loop():
         _start(fut, awaitable, context, queued)
         return
+    if queued:
+        fut._handle.loop = loop  # where cancel() finds the task if it loses the race
     try:
         loop.call_soon_threadsafe(_start, fut, awaitable, context, queued)
     except RuntimeError:  # that loop is closed
@@ -131,7 +163,7 @@ def _start(
         fut._state = RUNNING
     loop = _get_running_loop()
     assert loop is not None
-    fut._handle = loop.create_task(drive(fut, awaitable), context=context)
+    fut._handle = loop.create_task(driver(fut, awaitable), context=context)
 
 
 def _close(awaitable: object) -> None:
@@ -145,7 +177,12 @@ class Slot(list[Any]):
     A plain ``list`` holds a sync call, which a waiter may take and run itself.
     """
 
-    __slots__ = ()
+    __slots__ = ("loop",)
+
+    def __init__(self, item: object) -> None:
+        super().__init__((item,))
+        #: For a coroutine bound for another thread's loop: that loop, once known.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
 
 def take(fut: Future[Any]) -> Any:  # Any: a call record, a coroutine or a callback

@@ -98,6 +98,9 @@ class WorkerPool:
         # limit briefly when a blocked worker comes back (see unblocked).
         self._running = 0
         self._serial = 0
+        # Changes on os.fork: a worker that forked the process (from inside a call)
+        # must not go on serving the parent's queue in the child.
+        self._generation = getattr(self, "_generation", 0) + 1
 
     def set_limit(self, limit: int) -> None:
         with self._lock:
@@ -173,9 +176,13 @@ class WorkerPool:
         thread_state.worker = self
         jobs = self._jobs
         parked = self._parked
+        generation = self._generation
         wake = allocate_lock()
         wake.acquire()
         while True:
+            if self._generation != generation:
+                thread_state.worker = None
+                return  # this is a child made by os.fork: the pool it served is gone
             if self._running > self._limit and self._retire():
                 return  # over the limit: it was lowered, or a waiter came back
             try:
