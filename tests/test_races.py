@@ -234,10 +234,10 @@ def test_a_worker_that_forks_the_process_does_not_serve_the_parents_queue() -> N
         first = fork(forks_the_process)
         queued = [fork(job, n) for n in range(2)]
         gate.set()
-        print(wait(first, timeout=20))
+        os.write(1, f"{wait(first, timeout=20)}\\n".encode())  # one write: no interleaving
         for fut in queued:
             wait(fut, timeout=20)
-        print("parent", os.getpid())
+        os.write(1, f"parent {os.getpid()}\\n".encode())
         """
     )
     assert result.returncode == 0, result.stderr

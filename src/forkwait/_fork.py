@@ -16,7 +16,7 @@ from ._hosts import (
     UNRESOLVED,
     Slot,
     current_host,
-    driver,
+    drive,
     get_call_frame,
     spawn,
     take,
@@ -71,8 +71,11 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
             return fut
         loop = _get_running_loop()
         if loop is not None:
-            # The hot path: a task on the caller's own loop, which copies the context.
-            fut._handle = loop.create_task(driver(fut, coro))
+            # The hot path: a task on the caller's own loop, which copies the context;
+            # driver(fut, coro), inlined.
+            body = drive(fut, coro)
+            body.send(None)
+            fut._handle = loop.create_task(body)
             return fut
         fut._state = QUEUED
         fut._handle = Slot(coro)  # see take; cancel() before the task starts closes it
