@@ -64,6 +64,8 @@ def test_ten_thousand_cycles_leave_nothing_behind() -> None:
         print("tasks left on runtime:", runtime_tasks())
         del fut, fut2
         print("live futures:", live_futures())
+        from forkwait._future import _lists
+        print("waiter lists left:", len(_lists))
         print("sampled futures alive:", sum(ref() is not None for ref in sample))
         print("threads above baseline:", settle(baseline) - baseline)
         """,
@@ -76,6 +78,7 @@ def test_ten_thousand_cycles_leave_nothing_behind() -> None:
         "tasks left on uvloop caller: 0",
         "tasks left on runtime: 0",
         "live futures: 0",
+        "waiter lists left: 0",
         "sampled futures alive: 0",
         "threads above baseline: 0",
     ], result.stdout + result.stderr

@@ -61,7 +61,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     ):
         fut = allocate_future(Future)
         fut._state = RUNNING
-        fut._waiters = []  # tasks are awaited: make it now, not under a lock later
+        fut._waiters = None
         fut._func = func
         try:
             coro = func(*args, **kwargs)

@@ -6,8 +6,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
-import os
-import threading
 from _thread import allocate_lock
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable, Generator
@@ -26,16 +24,12 @@ S = TypeVar("S")
 logger = logging.getLogger("forkwait")
 
 _LockType = type(allocate_lock())  # what a thread blocked in wait waits on
-_first_waiter_lock = threading.Lock()
-
-
-def _new_first_waiter_lock() -> None:
-    # A thread of the parent may have held it at the fork; it does not exist here.
-    global _first_waiter_lock
-    _first_waiter_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_first_waiter_lock)
+# The waiter lists being filled, by future. dict.setdefault is atomic, so threads
+# that register the first waiters of one future at once all get the same list;
+# draining removes the entry. A future has its list only once somebody waits on it:
+# most are never waited on while pending (fan-outs, calls run inline).
+_lists: dict[Future[Any], list[Any]] = {}
+_first_list = _lists.setdefault
 _get_running_loop = _events._get_running_loop
 _AsyncioFuture = asyncio.Future
 _Task: Any = asyncio.Task
@@ -98,7 +92,7 @@ class Future(Generic[T]):
     _state: int
     _func: object
     # Blocked threads' locks, awaiting tasks' asyncio futures and done callbacks; None
-    # until the first one comes, for sync calls (see _make_waiters).
+    # until the first one comes (see _lists).
     _waiters: list[Any] | None
     # While QUEUED: the sync call's record (a worker or a waiter runs it), or the
     # coroutine waiting for its task. While RUNNING: the task, if it is one.
@@ -203,7 +197,7 @@ class Future(Generic[T]):
             # waiter is, never the call.
             waiters = self._waiters
             if waiters is None:
-                waiters = self._make_waiters()
+                waiters = self._waiters = _first_list(self, [])
             waiters.append(waiter)
             if self._state >= DONE:  # finished meanwhile: its completer may have missed us
                 self._drain()
@@ -295,11 +289,11 @@ class Future(Generic[T]):
 
     # -- internals used by fork, the pool and the hosts -----------------------------
     #
-    # No lock: ``_waiters`` is a list (made with a task's future, or on first use),
-    # and the GIL makes ``append``, ``pop(0)`` and ``remove`` atomic. A RUNNING future
-    # has exactly one completer (the task's driver, or the thread that took the call), which
-    # stores the outcome, then the state, then drains the list. Whoever appends checks
-    # the state afterwards and drains too if it is done, so a waiter added as the call
+    # No lock: ``_waiters`` is a list (made on first use, see _lists), and the GIL
+    # makes ``append``, ``pop(0)`` and ``remove`` atomic. A RUNNING future has exactly
+    # one completer (the task's driver, or the thread that took the call), which stores
+    # the outcome, then the state, then drains the list. Whoever appends checks the
+    # state afterwards and drains too if it is done, so a waiter added as the call
     # finished is still woken; ``pop(0)`` hands each waiter to exactly one drainer.
 
     def _add_waiter(self, waiter: object) -> bool:
@@ -308,22 +302,13 @@ class Future(Generic[T]):
             return False
         waiters = self._waiters
         if waiters is None:
-            waiters = self._make_waiters()
+            waiters = self._waiters = _first_list(self, [])
         waiters.append(waiter)
         if self._state >= DONE:  # finished meanwhile: its completer may have missed us
             self._drain()
         elif _should_prune(len(waiters)):
             self._prune(waiters)
         return True
-
-    def _make_waiters(self) -> list[Any]:
-        # Sync calls' futures get their list on first use (most are waited on inline
-        # and never need one); two threads must not both make one, hence the lock.
-        with _first_waiter_lock:
-            waiters = self._waiters
-            if waiters is None:
-                waiters = self._waiters = []
-            return waiters
 
     def _remove_waiter(self, waiter: object) -> None:
         waiters = self._waiters
@@ -375,6 +360,7 @@ class Future(Generic[T]):
         waiters = self._waiters
         if waiters is None:
             return
+        _lists.pop(self, None)
         while waiters:
             try:
                 waiter = waiters.pop(0)
