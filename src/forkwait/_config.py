@@ -46,8 +46,10 @@ os.register_at_fork(after_in_child=_reset_lock_in_child)
 def configure(max_threads: int | None = None, loop: LoopName | None = None) -> None:
     """Set the worker thread limit and the default runtime's event loop.
 
-    An option left as ``None`` keeps its current value. ``max_threads`` takes effect
-    at once; ``loop`` (``"uvloop"`` or ``"asyncio"``) must be chosen before the default
+    An option left as ``None`` keeps its current value. ``max_threads`` bounds the
+    worker threads running sync calls (a worker blocked in ``wait`` does not count,
+    and a thread waiting on a call that has not started runs it itself); it takes
+    effect at once. ``loop`` (``"uvloop"`` or ``"asyncio"``) must be chosen before the default
     runtime starts, which happens on the first fork from plain sync code.
 
         forkwait.configure(max_threads=8, loop="asyncio")
