@@ -142,10 +142,13 @@ def _add_callbacks_as_it_finishes(threads: int, each: int) -> tuple[int, bool]:
     start = threading.Barrier(threads + 1, timeout=10)
     calls: list[int] = []
     lock = threading.Lock()
+    all_ran = threading.Event()
 
     def count(_: Future[bool]) -> None:
         with lock:
             calls.append(1)
+            if len(calls) == threads * each:
+                all_ran.set()
 
     def add_many() -> None:
         start.wait()
@@ -159,7 +162,10 @@ def _add_callbacks_as_it_finishes(threads: int, each: int) -> tuple[int, bool]:
     gate.set()
     for thread in adders:
         thread.join(timeout=10)
-    return len(calls), wait(fut)
+    value = wait(fut)
+    # The call may finish after the adders do; its completer then runs what they added.
+    all_ran.wait(timeout=10)
+    return len(calls), value
 
 
 def test_callbacks_added_while_the_call_finishes_run_exactly_once() -> None:
@@ -246,3 +252,18 @@ def test_a_worker_that_forks_the_process_does_not_serve_the_parents_queue() -> N
     assert "child ended" in lines, result.stdout
     ran = sorted(line for line in lines if line.startswith("job"))
     assert ran == [f"job 0 ran in {parent}", f"job 1 ran in {parent}"], result.stdout
+
+
+def test_a_future_whose_waiters_all_timed_out_leaves_no_list_behind() -> None:
+    """Timed-out sync waits take their waiter back; the list goes when the call ends."""
+    from forkwait._future import _lists
+
+    gate = threading.Event()
+    fut = fork(gate.wait, 10)
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            wait(fut, timeout=0.01)
+    assert fut in _lists
+    gate.set()
+    assert wait(fut) is True
+    assert fut not in _lists

@@ -335,7 +335,7 @@ class Future(Generic[T]):
         """Finish with ``value``; only the call's one completer calls this."""
         self._value = value
         self._state = DONE
-        if self._waiters:
+        if self._waiters is not None:
             self._drain()
 
     def _set_exception(self, exc: BaseException) -> None:
@@ -347,12 +347,12 @@ class Future(Generic[T]):
         self._traceback = exc.__traceback__
         self._unretrieved = _Unretrieved(exc, describe(self._func))
         self._state = FAILED
-        if self._waiters:
+        if self._waiters is not None:
             self._drain()
 
     def _set_cancelled(self) -> None:
         self._state = CANCELLED
-        if self._waiters:
+        if self._waiters is not None:
             self._drain()
 
     def _drain(self) -> None:

@@ -119,7 +119,7 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
         fut._handle = None  # the finished task is no longer needed for cancel()
         fut._value = value
         fut._state = DONE
-        if fut._waiters:
+        if fut._waiters is not None:
             fut._drain()
 
 

@@ -74,7 +74,7 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     # fut._set_result(value), inlined: this is every sync call's way out.
     fut._value = value
     fut._state = DONE
-    if fut._waiters:
+    if fut._waiters is not None:
         fut._drain()
 
 
