@@ -111,12 +111,18 @@ async def test_a_coroutine_queued_for_another_loop_is_cancelled_before_it_starts
         nonlocal ran
         ran = True
 
-    def fork_and_cancel() -> bool:
-        return fork(never).cancel()
+    forked_and_cancelled = threading.Event()
 
-    # The worker's fork goes to this loop, which is busy running this test, so the
-    # task cannot have started when cancel() runs.
-    assert await fork(fork_and_cancel) is True
+    def fork_and_cancel() -> bool:
+        cancelled = fork(never).cancel()  # to this loop, which the test holds up
+        forked_and_cancelled.set()
+        return cancelled
+
+    fut = fork(fork_and_cancel)
+    # Hold this loop's thread on purpose, so that it cannot start the task before
+    # cancel() runs in the worker.
+    assert forked_and_cancelled.wait(timeout=10)
+    assert await fut is True
     for _ in range(3):
         await asyncio.sleep(0)  # let the loop run whatever was scheduled
     assert ran is False

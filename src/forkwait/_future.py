@@ -230,30 +230,28 @@ class Future(Generic[T]):
                     queued.close()
                 self._set_cancelled()
                 return True
-            handle = self._handle
-            if isinstance(handle, Slot) and handle.loop is not None:
-                # Its loop took the coroutine and is making the task right now: cancel
-                # the task once it exists, which this callback (queued after) sees.
-                try:
-                    handle.loop.call_soon_threadsafe(_cancel_task, self)
-                except RuntimeError:  # that loop closed: the call failed, not cancelled
-                    return False
-                return True
             state = self._state  # started meanwhile
         if state == CANCELLED:
             return True
-        task = self._handle
-        if state == RUNNING and isinstance(task, asyncio.Task):
-            loop = task.get_loop()
-            if loop is _get_running_loop():
-                _cancel_task(self)
-            else:
-                try:
-                    loop.call_soon_threadsafe(_cancel_task, self)
-                except RuntimeError:  # its loop is closed; the task will never finish
-                    return False
-            return True
-        return False
+        if state > RUNNING:
+            return False
+        handle = self._handle
+        if isinstance(handle, asyncio.Task):
+            loop = handle.get_loop()
+        elif isinstance(handle, Slot) and handle.loop is not None:
+            # Its loop took the coroutine and is making the task right now: cancel the
+            # task once it exists, which a callback queued after that one will see.
+            loop = handle.loop
+        else:
+            return False  # a sync call running in a thread
+        if loop is _get_running_loop():
+            _cancel_task(self)
+        else:
+            try:
+                loop.call_soon_threadsafe(_cancel_task, self)
+            except RuntimeError:  # its loop is closed; the task will never finish
+                return False
+        return True
 
     # -- callbacks ---------------------------------------------------------------------
 
