@@ -191,18 +191,11 @@ class Future(Generic[T]):
                 stopped = observer.waiting(self)
                 if stopped is not None:
                     waiter.add_done_callback(lambda _: stopped())
-            # _add_waiter, inlined: the hot path. The waiter receives the outcome itself
-            # (see _settle), so awaiting it is all there is to do: no generator of ours
-            # stays on the stack, and if the awaiting task is cancelled, only the
-            # waiter is, never the call.
-            waiters = self._waiters
-            if waiters is None:
-                waiters = self._waiters = _first_list(self, [])
-            waiters.append(waiter)
-            if self._state >= DONE:  # finished meanwhile: its completer may have missed us
-                self._drain()
-            elif _should_prune(len(waiters)):
-                self._prune(waiters)
+            # The waiter receives the outcome itself (see _settle), so awaiting it is all
+            # there is to do: no generator of ours stays on the stack, and if the
+            # awaiting task is cancelled, only the waiter is, never the call.
+            if not self._add_waiter(waiter):
+                self._settle(waiter)  # finished meanwhile
             return waiter.__await__()
         return self._outcome_now()
 
