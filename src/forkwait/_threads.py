@@ -84,6 +84,7 @@ class WorkerPool:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self.idle_seconds = IDLE_SECONDS
+        self._generation = 0
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
 
@@ -100,7 +101,7 @@ class WorkerPool:
         self._serial = 0
         # Changes on os.fork: a worker that forked the process (from inside a call)
         # must not go on serving the parent's queue in the child.
-        self._generation = getattr(self, "_generation", 0) + 1
+        self._generation += 1
 
     def set_limit(self, limit: int) -> None:
         with self._lock:
@@ -114,10 +115,6 @@ class WorkerPool:
                 self._parked.pop().release()
             except IndexError:
                 break
-
-    def thread_count(self) -> int:
-        """Workers alive and not blocked in ``wait``."""
-        return self._running
 
     def submit(self, fut: Future[Any]) -> None:
         """Queue ``fut``'s sync call for a worker."""
