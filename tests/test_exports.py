@@ -13,6 +13,8 @@ def test_public_names_are_pinned() -> None:
     assert sorted(forkwait.__all__) == [
         "CancelledError",
         "Future",
+        "InvalidStateError",
+        "collect_all",
         "configure",
         "fork",
         "wait",

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from ._config import configure
 from ._fork import fork
-from ._future import CancelledError, Future
-from ._wait import wait, wait_all
+from ._future import CancelledError, Future, InvalidStateError
+from ._wait import collect_all, wait, wait_all
 
-__all__ = ["CancelledError", "Future", "configure", "fork", "wait", "wait_all"]
+__all__ = [
+    "CancelledError",
+    "Future",
+    "InvalidStateError",
+    "collect_all",
+    "configure",
+    "fork",
+    "wait",
+    "wait_all",
+]
 
 __version__ = "0.1.0"
 

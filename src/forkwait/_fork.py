@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import sys
 import types
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from ._hosts import (
 )
 from ._state import QUEUED, RUNNING
 from ._threads import pool
+from ._torch import bind as bind_torch_state
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 _FunctionType = types.FunctionType
@@ -33,6 +35,7 @@ T = TypeVar("T")
 
 _get_running_loop = _events._get_running_loop
 _copy_context = contextvars.copy_context
+_modules = sys.modules
 
 
 @overload
@@ -85,6 +88,8 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     fut._state = QUEUED
     fut._waiters = None  # made on first use: most sync calls are waited on inline
     fut._func = func
+    if "torch" in _modules:  # the forker's grad mode, inference mode and autocast go along
+        func = bind_torch_state(func)
     host = _get_running_loop()  # current_host(), inlined:
     if host is None:
         host = get_call_frame()[0]  # inside a forked call: what it works for

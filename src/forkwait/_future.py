@@ -43,6 +43,13 @@ class CancelledError(concurrent.futures.CancelledError):
     """
 
 
+class InvalidStateError(concurrent.futures.InvalidStateError, RuntimeError):
+    """The future is not in the state this needs: ``value()`` before the call finished.
+
+    Also a ``RuntimeError``, which is what ``torch.futures.Future.value()`` raises.
+    """
+
+
 class _Unretrieved:
     """Logs a failed future's exception if it is collected before anybody asked for it.
 
@@ -176,6 +183,32 @@ class Future(Generic[T]):
             self._mark_retrieved()
             return cast(BaseException, self._value)
         return None
+
+    def wait(self) -> T:
+        """Block until the call finishes and return its value (``torch.futures.Future.wait``).
+
+        ``result()`` without a timeout; in async code use ``await fut``.
+        """
+        if get_observer() is not None:
+            return observed_wait(self, None, "wait")
+        if self._state < DONE:
+            block_until_done(self, None, "wait")
+        return self._outcome()
+
+    def value(self) -> T:
+        """The value of a finished call, never blocking (``torch.futures.Future.value``).
+
+        For use after ``wait()`` or inside a ``then()`` callback; raises the call's
+        exception, and ``InvalidStateError`` if the call has not finished.
+
+            total = fork(load, path).then(lambda f: len(f.value()))
+        """
+        if self._state < DONE:
+            raise InvalidStateError(
+                f"fork({describe(self._func)}) has not finished, so it has no value yet; "
+                f"call fut.wait() first, or read value() inside a then() callback"
+            )
+        return self._outcome()
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._state < DONE:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import threading
 from _thread import allocate_lock
 from asyncio import events as _events
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._config import settings
 from ._hosts import Host, call_frame, get_call_frame, spawn, take, thread_state
 from ._state import DONE, QUEUED, RUNNING
+from ._torch import bind_inline as bind_torch_inline
 
 if TYPE_CHECKING:
     import contextvars
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 _get_running_loop = _events._get_running_loop
 _set_call_frame = call_frame.set
+_modules = sys.modules
 
 # Idle workers exit after this long, so thread count returns to its baseline.
 IDLE_SECONDS = 10.0
@@ -253,6 +256,9 @@ def block(fut: Future[Any], timeout: float | None) -> None:
                 # Rule 1: nobody has started it, so run it here rather than wait for a
                 # worker that may never come.
                 fut._state = RUNNING
+                if "torch" in _modules:  # this thread's torch state may not be the forker's
+                    func, args, kwargs, context, host = call
+                    call = (bind_torch_inline(func), args, kwargs, context, host)
                 run_call(fut, call, depth + 1)
                 if fut._state >= DONE:
                     return

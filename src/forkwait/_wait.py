@@ -1,16 +1,18 @@
-"""``wait`` and ``wait_all``: block in sync code, an awaitable in async code."""
+"""``wait``, ``wait_all`` and ``collect_all``: block in sync code, an awaitable in async code."""
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from typing import Any, Generic, TypeVar, cast
 
-from ._future import Future, observed_wait
+from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
-from ._state import DONE
+from ._hosts import Slot, take
+from ._state import DONE, QUEUED, RUNNING
 from ._threads import block
 
 T = TypeVar("T")
@@ -121,3 +123,35 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
             return [await fut for fut in futs]
 
     return _Waiting(gather(), "forkwait.wait_all(futures)")  # type: ignore[return-value]
+
+
+def collect_all(futures: Iterable[Future[T]]) -> Future[list[Future[T]]]:
+    """A future that finishes once all of ``futures`` have, with them as its value.
+
+    As ``torch.futures.collect_all``: failed and cancelled futures are in the list like
+    the others, never raised, so the caller inspects each. Cancelling the collected
+    future leaves the others running.
+
+        done = collect_all([fork(load, p) for p in paths]).wait()
+        loaded = [f.value() for f in done if f.exception() is None]
+    """
+    futs = list(futures)
+    for fut in futs:
+        if not isinstance(fut, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise _not_a_future(fut, "collect_all")
+    collected = new_future(QUEUED, collect_all)
+    collected._handle = Slot(futs)  # cancel() takes it, as for then()'s future
+    total = len(futs)
+    finished = itertools.count(1)  # next() on it is atomic: one callback sees `total`
+
+    def one_done(_: Future[T]) -> None:
+        if next(finished) == total and take(collected) is not None:
+            collected._state = RUNNING
+            collected._set_result(futs)
+
+    if not futs:
+        take(collected)
+        collected._set_result(futs)
+    for fut in futs:
+        fut.add_done_callback(one_done)
+    return collected

@@ -49,6 +49,9 @@ def sync_script() -> None:
     assert_type(fut.cancel(), bool)
     assert_type(fut.then(lambda f: str(f.result())), Future[str])
     assert_type(wait_all([fut, fork(double, 4)]), list[int])
+    assert_type(fut.wait(), int)
+    assert_type(fut.value(), int)
+    assert_type(forkwait.collect_all([fut, fork(double, 4)]), Future[list[Future[int]]])
     fut.add_done_callback(lambda f: print(f.result()))
     forkwait.configure(max_threads=8, loop="asyncio")
 

@@ -1,0 +1,136 @@
+"""The forking thread's torch state, carried into the thread that runs a sync call.
+
+torch keeps grad mode, inference mode, autocast and the current CUDA device and stream
+per thread, and ``torch.jit.fork`` carries them into its tasks; so does ``fork``, or a
+module forked under ``inference_mode()`` would build autograd graphs in its worker.
+
+This module never imports torch: ``fork`` calls it only once the app has imported torch
+(``"torch" in sys.modules``), so ``import forkwait`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+_modules = sys.modules
+
+
+class TorchState:
+    """What ``capture`` read: the torch state that a call runs under."""
+
+    __slots__ = ("autocast", "autocast_cache", "cuda", "grad", "inference")
+
+    def __init__(
+        self,
+        grad: bool,
+        inference: bool,
+        autocast: tuple[tuple[str, Any], ...],
+        autocast_cache: bool,
+        cuda: tuple[Any, Any] | None,
+    ) -> None:
+        self.grad = grad
+        self.inference = inference
+        self.autocast = autocast  # (device type, dtype) of each device type with autocast on
+        self.autocast_cache = autocast_cache
+        self.cuda = cuda  # (device index, stream), once CUDA is initialized
+
+    def __repr__(self) -> str:
+        return (
+            f"TorchState(grad={self.grad}, inference={self.inference}, "
+            f"autocast={self.autocast}, cuda={self.cuda})"
+        )
+
+
+#: A fresh thread's state: what a worker has between calls.
+FRESH = TorchState(grad=True, inference=False, autocast=(), autocast_cache=True, cuda=None)
+
+
+def capture() -> TorchState | None:
+    """This thread's torch state, or ``None`` if it is a fresh thread's (the usual case)."""
+    torch: Any = _modules["torch"]
+    try:
+        grad = torch.is_grad_enabled()
+        inference = torch.is_inference_mode_enabled()
+        any_autocast = torch._C._is_any_autocast_enabled()
+        cuda_initialized = torch.cuda.is_initialized()
+    except AttributeError:  # torch is still being imported, in another thread
+        return None
+    if grad and not inference and not any_autocast and not cuda_initialized:
+        return None
+    autocast: tuple[tuple[str, Any], ...] = ()
+    if any_autocast:
+        autocast = tuple(
+            (device, torch.get_autocast_dtype(device))
+            for device in _autocast_device_types(torch)
+            if torch.is_autocast_enabled(device)
+        )
+    cuda = None
+    if cuda_initialized:
+        device = torch.cuda.current_device()
+        cuda = (device, torch.cuda.current_stream(device))
+    return TorchState(grad, inference, autocast, torch.is_autocast_cache_enabled(), cuda)
+
+
+def bind(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, made to run under this thread's torch state wherever it runs."""
+    state = capture()
+    return func if state is None else InState(state, func)
+
+
+def bind_inline(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` (a call taken from the queue) made to run here under its forker's state.
+
+    A call that ``bind`` left alone was forked from a fresh state; run inline in a thread
+    that is not fresh (a waiter inside ``no_grad()``), it needs that state put back.
+    """
+    if type(func) is InState or capture() is None:
+        return func
+    return InState(FRESH, func)
+
+
+class InState:
+    """A callable that runs ``func`` under ``state``, then restores the thread's own."""
+
+    __slots__ = ("func", "state")
+
+    def __init__(self, state: TorchState, func: Callable[..., Any]) -> None:
+        self.state = state
+        self.func = func
+
+    def __repr__(self) -> str:
+        return f"InState({self.state!r}, {self.func!r})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        torch: Any = _modules["torch"]
+        state = self.state
+        with contextlib.ExitStack() as stack:
+            if torch.is_inference_mode_enabled() != state.inference:
+                stack.enter_context(torch.inference_mode(state.inference))
+            # Inside inference_mode grad is off unless the forker turned it back on.
+            stack.enter_context(torch.set_grad_enabled(state.grad))
+            _enter_autocast(torch, state, stack)
+            if state.cuda is not None:
+                device, stream = state.cuda
+                stack.enter_context(torch.cuda.device(device))
+                stack.enter_context(torch.cuda.stream(stream))
+            return self.func(*args, **kwargs)
+
+
+def _enter_autocast(torch: Any, state: TorchState, stack: contextlib.ExitStack) -> None:
+    wanted = dict(state.autocast)
+    if torch._C._is_any_autocast_enabled():
+        for device in _autocast_device_types(torch):
+            if device not in wanted and torch.is_autocast_enabled(device):
+                stack.enter_context(torch.autocast(device, enabled=False))
+    for device, dtype in state.autocast:
+        stack.enter_context(torch.autocast(device, dtype=dtype, cache_enabled=state.autocast_cache))
+
+
+def _autocast_device_types(torch: Any) -> list[str]:
+    supported: Callable[[], list[str]] | None = getattr(
+        torch._C, "_autocast_supported_devices", None
+    )
+    return supported() if supported is not None else ["cpu", "cuda"]

@@ -1,0 +1,348 @@
+"""torch.nn.Modules in worker threads, under the forking thread's torch state."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import forkwait
+from forkwait import fork, wait
+from tests.conftest import run_script
+
+pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
+
+
+def in_worker(func: Callable[[], T]) -> T:
+    """Fork ``func`` and make sure a worker thread runs it, not this thread inline.
+
+    Call it inside the torch state under test: ``fork`` captures the state.
+    """
+    started = threading.Event()
+
+    def probe() -> tuple[T, int]:
+        started.set()
+        return func(), threading.get_ident()
+
+    fut = fork(probe)
+    assert started.wait(10), "no worker started the call"  # so wait() cannot run it inline
+    value, ident = wait(fut)
+    assert ident != threading.get_ident()
+    return value
+
+
+def grad_state() -> tuple[bool, bool]:
+    return torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+
+class Recorder(nn.Module):
+    """A linear layer that notes which thread ran it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.threads: list[int] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.threads.append(threading.get_ident())
+        return self.linear(x)
+
+    def scaled(self, x: Tensor, *, factor: float) -> Tensor:
+        self.threads.append(threading.get_ident())
+        return self.linear(x) * factor
+
+
+# -- modules run in worker threads ---------------------------------------------------
+
+
+def test_forked_module_runs_in_a_worker_thread_with_the_same_value() -> None:
+    model = Recorder()
+    x = torch.randn(2, 4)
+    started = threading.Event()
+    release = threading.Event()
+
+    def hold(*_: object) -> None:
+        # Keep the module in its worker until this thread has seen it start elsewhere.
+        started.set()
+        release.wait(10)
+
+    model.register_forward_pre_hook(hold)
+    fut = fork(model, x)
+    assert started.wait(10)
+    release.set()
+    out = wait(fut)
+    torch.testing.assert_close(out, model.linear(x))
+    assert len(model.threads) == 1
+    assert model.threads[0] != threading.get_ident()
+
+
+def test_forked_module_method_takes_keywords() -> None:
+    model = Recorder()
+    x = torch.randn(2, 4)
+    out = in_worker(lambda: wait(fork(model.scaled, x, factor=2.0)))
+    torch.testing.assert_close(out, model.linear(x) * 2.0)
+
+
+def test_many_modules_run_at_once() -> None:
+    """Four forked modules are all inside forward at the same time (threads, not a queue)."""
+    barrier = threading.Barrier(4, timeout=10)
+
+    class Meeting(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            barrier.wait()  # raises BrokenBarrierError unless all four are running at once
+            return x + 1
+
+    futs = [fork(Meeting(), torch.zeros(1)) for _ in range(4)]
+    assert [float(v) for v in forkwait.wait_all(futs)] == [1.0] * 4
+
+
+async def _handler(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.inference_mode():
+        return await fork(model, x)
+
+
+@pytest.mark.asyncio
+async def test_async_code_awaits_a_module_under_inference_mode() -> None:
+    out = await _handler(nn.Linear(4, 2), torch.randn(3, 4))
+    assert torch.is_inference(out)
+    assert not out.requires_grad
+
+
+def test_a_failing_module_keeps_its_type_and_traceback() -> None:
+    class Broken(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            raise ValueError(f"cannot take shape {tuple(x.shape)}")
+
+    with pytest.raises(ValueError, match=r"cannot take shape \(2,\)") as info:
+        wait(fork(Broken(), torch.zeros(2)))
+    frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert "forward" in frames
+
+
+def test_inputs_keep_their_device_and_dtype() -> None:
+    x = torch.arange(4, dtype=torch.float64)
+    out = wait(fork(torch.mul, x, 2))
+    assert out.device == x.device
+    assert out.dtype == torch.float64
+
+
+# -- the forking thread's torch state applies in the worker ----------------------------
+
+
+def test_grad_mode_of_a_fresh_thread_by_default() -> None:
+    assert in_worker(grad_state) == (True, False)
+
+
+def test_no_grad_applies_in_the_worker() -> None:
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        out = in_worker(lambda: model(torch.randn(1, 4)))
+        state = in_worker(grad_state)
+    assert state == (False, False)
+    assert not out.requires_grad
+    assert out.grad_fn is None
+
+
+def test_enable_grad_inside_no_grad_applies_in_the_worker() -> None:
+    with torch.no_grad(), torch.enable_grad():
+        assert in_worker(grad_state) == (True, False)
+
+
+def test_inference_mode_applies_in_the_worker() -> None:
+    """Without it, a module forked under inference_mode() builds autograd graphs."""
+    model = nn.Linear(4, 2)
+    with torch.inference_mode():
+        out = in_worker(lambda: model(torch.randn(1, 4)))
+        state = in_worker(grad_state)
+    assert state == (False, True)
+    assert torch.is_inference(out)
+    assert not out.requires_grad
+
+
+def test_inference_mode_off_inside_inference_mode() -> None:
+    with torch.inference_mode(), torch.inference_mode(False):
+        assert in_worker(grad_state) == (True, False)
+
+
+def test_autocast_applies_in_the_worker_with_its_dtype() -> None:
+    linear = nn.Linear(4, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        seen = in_worker(
+            lambda: (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        )
+        out = in_worker(lambda: linear(torch.randn(1, 4)))
+    assert seen == (True, torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+
+
+def test_autocast_turned_off_inside_autocast() -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False):
+        assert in_worker(lambda: torch.is_autocast_enabled("cpu")) is False
+
+
+def test_state_carries_through_nested_forks() -> None:
+    """A fork made inside a forked call under no_grad() runs under no_grad() too."""
+
+    def outer() -> tuple[bool, bool]:
+        return in_worker(grad_state)
+
+    with torch.no_grad():
+        assert in_worker(outer) == (False, False)
+
+
+def test_a_worker_gets_its_own_state_back_after_the_call(max_threads: Any) -> None:
+    """The same worker thread runs a no_grad call, then a call from a fresh state."""
+    max_threads(1)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = in_worker(lambda: (threading.get_ident(), torch.is_autocast_enabled("cpu")))
+    second = in_worker(
+        lambda: (threading.get_ident(), torch.is_autocast_enabled("cpu"), grad_state())
+    )
+    assert first[0] == second[0], "expected one worker thread to run both calls"
+    assert first[1] is True
+    assert second[1:] == (False, (True, False))
+
+
+def test_a_call_run_inline_by_its_waiter_gets_the_forkers_state(max_threads: Any) -> None:
+    """A waiter under no_grad() that runs a queued call itself runs it with grad on, as
+    it was forked, and keeps its own no_grad() afterwards."""
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)  # holds the only worker, so the next call stays queued
+    fut = fork(lambda: (threading.get_ident(), grad_state()))
+    with torch.no_grad():
+        ident, state = wait(fut)
+        assert not torch.is_grad_enabled()
+    release.set()
+    assert wait(blocker) is True
+    assert ident == threading.get_ident(), "expected the waiter to run the call inline"
+    assert state == (True, False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_current_cuda_device_and_stream_apply_in_the_worker() -> None:
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        seen = in_worker(lambda: torch.cuda.current_stream())
+    assert seen == stream
+
+
+# -- torch-style conveniences --------------------------------------------------------
+
+
+def test_future_wait_and_value_as_in_torch() -> None:
+    fut = fork(torch.add, torch.ones(2), 1)
+    torch.testing.assert_close(fut.wait(), torch.full((2,), 2.0))
+    torch.testing.assert_close(fut.value(), torch.full((2,), 2.0))
+
+
+def test_value_before_the_call_finished_says_to_wait() -> None:
+    release = threading.Event()
+    fut = fork(release.wait, 10)
+    with pytest.raises(forkwait.InvalidStateError, match=r"call fut\.wait\(\) first"):
+        fut.value()
+    release.set()
+    assert fut.wait() is True
+
+
+def test_value_raises_the_calls_exception() -> None:
+    fut = fork(torch.zeros(2).view, 3)
+    with pytest.raises(RuntimeError, match="invalid for input of size 2"):
+        fut.wait()
+    with pytest.raises(RuntimeError, match="invalid for input of size 2"):
+        fut.value()
+
+
+def test_value_inside_then_as_in_torch() -> None:
+    fut = fork(torch.ones, 3).then(lambda f: f.value().sum().item())
+    assert fut.wait() == 3.0
+
+
+def test_collect_all_gives_the_futures_once_all_are_done() -> None:
+    release = threading.Event()
+    slow = fork(lambda: (release.wait(10), torch.ones(1))[1])
+    failing = fork(torch.zeros(2).view, 3)
+    collected = forkwait.collect_all([slow, failing])
+    assert not collected.done()
+    release.set()
+    done = collected.wait()
+    assert done == [slow, failing]
+    assert all(fut.done() for fut in done)
+    assert isinstance(failing.exception(), RuntimeError)  # in the list, not raised
+
+
+def test_collect_all_of_nothing_is_done_at_once() -> None:
+    collected = forkwait.collect_all([])
+    assert collected.done()
+    assert collected.value() == []
+
+
+def test_collect_all_rejects_what_is_not_a_future() -> None:
+    with pytest.raises(TypeError, match=r"collect_all\(\) expects a forkwait\.Future"):
+        forkwait.collect_all([fork(int), torch.ones(1)])  # type: ignore[list-item]
+
+
+def test_cancelling_collect_all_leaves_the_calls_running() -> None:
+    release = threading.Event()
+    running = fork(release.wait, 10)
+    collected = forkwait.collect_all([running])
+    assert collected.cancel()
+    assert collected.cancelled()
+    assert not running.done()
+    release.set()
+    assert running.wait() is True
+
+
+@pytest.mark.asyncio
+async def test_collect_all_is_awaitable() -> None:
+    futs = [fork(torch.full, (1,), float(i)) for i in range(3)]
+    done = await forkwait.collect_all(futs)
+    assert [float(f.value()) for f in done] == [0.0, 1.0, 2.0]
+
+
+# -- torch is never imported by forkwait -----------------------------------------------
+
+
+def test_fork_and_wait_do_not_import_torch() -> None:
+    result = run_script(
+        """
+        import asyncio, sys
+        import forkwait
+
+        async def double(x):
+            return 2 * x
+
+        async def main():
+            return await forkwait.fork(double, 2)
+
+        assert forkwait.wait(forkwait.fork(sum, [1, 2])) == 3
+        assert asyncio.run(main()) == 4
+        print("torch" in sys.modules)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_torch_imported_after_forkwait_is_picked_up() -> None:
+    result = run_script(
+        """
+        import forkwait
+        assert forkwait.wait(forkwait.fork(sum, [1, 2])) == 3  # workers exist before torch
+        import torch
+
+        with torch.inference_mode():
+            out = forkwait.wait(forkwait.fork(torch.nn.Linear(2, 2), torch.ones(1, 2)))
+        print(torch.is_inference(out))
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
