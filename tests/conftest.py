@@ -24,10 +24,11 @@ SRC = str(Path(__file__).resolve().parent.parent / "src")
     params=[
         pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
         pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param(("trio", {}), id="trio"),
     ]
 )
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """anyio's backend fixture: asyncio with and without uvloop (trio joins with its issue)."""
+    """anyio's backend fixture: asyncio with and without uvloop, and trio."""
     return request.param  # type: ignore[no-any-return]
 
 

@@ -10,6 +10,8 @@ import threading
 import warnings
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from forkwait import fork, wait
@@ -20,7 +22,7 @@ def where_sync(tag: str) -> tuple[str, str]:
 
 
 async def where_async(tag: str) -> tuple[str, str]:
-    await asyncio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return tag, threading.current_thread().name
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from forkwait import fork, wait
@@ -19,7 +20,7 @@ def read_sync() -> str:
 
 
 async def read_async() -> str:
-    await asyncio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return request_id.get()
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import threading
 import traceback
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from forkwait import fork, wait
@@ -28,7 +29,7 @@ def sync_callee() -> None:
 
 
 async def async_callee() -> None:
-    await asyncio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     deep_inside_the_callee()
 
 

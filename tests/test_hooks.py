@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from forkwait import Future, fork, wait
@@ -71,7 +72,7 @@ def recorder() -> Iterator[Recorder]:
 
 
 async def leaf_async() -> int:
-    await asyncio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return 1
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+import sniffio
 
 from forkwait import fork, wait
 
@@ -17,6 +18,10 @@ pytestmark = pytest.mark.timeout(20)
 
 async def running_loop() -> asyncio.AbstractEventLoop:
     return asyncio.get_running_loop()
+
+
+async def running_library() -> str:
+    return sniffio.current_async_library()
 
 
 def loop_of_nested_async_fork() -> asyncio.AbstractEventLoop:
@@ -107,7 +112,11 @@ async def test_pytest_asyncio_runs_tests_on_both_loops(request: pytest.FixtureRe
 
 @pytest.mark.anyio
 async def test_anyio_runs_tests_on_both_loops(anyio_backend: Any) -> None:
-    """The backend-neutral tests run on uvloop when the backend asks for it."""
+    """The backend-neutral tests run on uvloop when the backend asks for it, and a fork
+    from trio runs on trio."""
+    if anyio_backend[0] == "trio":
+        assert await fork(running_library) == "trio"
+        return
     uses_uvloop = anyio_backend[1]["use_uvloop"]
     kind = type(await fork(running_loop)).__module__.split(".")[0]
     assert kind == ("uvloop" if uses_uvloop else "asyncio")

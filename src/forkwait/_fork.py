@@ -15,6 +15,7 @@ from ._future import Future, allocate_future, new_future
 from ._hooks import get_observer
 from ._hosts import (
     UNRESOLVED,
+    Host,
     Slot,
     current_host,
     drive,
@@ -90,7 +91,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     fut._func = func
     if "torch" in _modules:  # the forker's grad mode, inference mode and autocast go along
         func = bind_torch_state(func)
-    host = _get_running_loop()  # current_host(), inlined:
+    host: Host = _get_running_loop()  # current_host(), inlined:
     if host is None:
         host = get_call_frame()[0]  # inside a forked call: what it works for
         if host is UNRESOLVED:

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ._callables import describe
 from ._hooks import get_observer
-from ._hosts import Slot, take
+from ._hosts import HostedTask, Slot, take, trio_token
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from ._threads import block_until_done
 
@@ -214,9 +214,11 @@ class Future(Generic[T]):
         if self._state < DONE:
             loop = _get_running_loop()
             if loop is None:
+                if trio_token() is not None:
+                    return self._await_in_trio()
                 raise RuntimeError(
-                    "await on a forkwait.Future needs a running asyncio event loop in "
-                    "this thread; from sync code use forkwait.wait(fut)"
+                    "await on a forkwait.Future needs a running event loop (asyncio or "
+                    "trio) in this thread; from sync code use forkwait.wait(fut)"
                 )
             waiter: asyncio.Future[T] = loop.create_future()
             observer = get_observer()
@@ -231,6 +233,17 @@ class Future(Generic[T]):
                 self._settle(waiter)  # finished meanwhile
             return waiter.__await__()
         return self._outcome_now()
+
+    def _await_in_trio(self) -> Generator[Any, None, T]:
+        from ._trio import wait_in_trio
+
+        observer = get_observer()
+        stopped = observer.waiting(self) if observer is not None else None
+        try:
+            return cast(T, (yield from wait_in_trio(self).__await__()))
+        finally:
+            if stopped is not None:
+                stopped()
 
     def _outcome_now(self) -> Generator[Any, None, T]:
         yield from ()
@@ -267,7 +280,14 @@ class Future(Generic[T]):
         elif isinstance(handle, Slot) and handle.loop is not None:
             # Its loop took the coroutine and is making the task right now: cancel the
             # task once it exists, which a callback queued after that one will see.
-            loop = handle.loop
+            host = handle.loop
+            if not isinstance(host, asyncio.AbstractEventLoop):  # a trio run
+                from ._trio import call_soon
+
+                return call_soon(host, _cancel_task, self)
+            loop = host
+        elif isinstance(handle, HostedTask):
+            return handle.cancel_soon()
         else:
             return False  # a sync call running in a thread
         if loop is _get_running_loop():
@@ -468,6 +488,8 @@ def _cancel_task(fut: Future[Any]) -> None:
     task: Any = fut._handle
     if type(task) is _Task:
         task.cancel()
+    elif isinstance(task, HostedTask):
+        task.cancel_here()
 
 
 def observed_wait(fut: Future[T], timeout: float | None, api: str) -> T:

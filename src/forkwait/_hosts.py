@@ -1,7 +1,8 @@
 """Which event loop runs a call, and starting a coroutine there from any thread.
 
-A host is an asyncio event loop, or ``None`` for the default runtime (resolved only
-when a coroutine actually needs it, so sync-only programs never start it).
+A host is an asyncio event loop, a trio run (its ``TrioToken``), or ``None`` for the
+default runtime (resolved only when a coroutine actually needs it, so sync-only
+programs never start it).
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ import sys
 import threading
 from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from ._runtime import runtime
 from ._state import DONE, RUNNING
 
 if TYPE_CHECKING:
+    from trio.lowlevel import TrioToken
+
     from ._future import Future
 
-Host = asyncio.AbstractEventLoop | None
+Host: TypeAlias = "asyncio.AbstractEventLoop | TrioToken | None"
 
 _get_running_loop = _events._get_running_loop
+_modules = sys.modules
 
 
 class ThreadState(threading.local):
@@ -47,20 +51,40 @@ call_frame: contextvars.ContextVar[tuple[Host, int]] = contextvars.ContextVar(
 get_call_frame = call_frame.get
 
 
+def trio_token() -> TrioToken | None:
+    """The trio run in this thread, if trio runs here (and so is imported)."""
+    if "trio" not in _modules:
+        return None
+    from ._trio import current_token
+
+    return current_token()
+
+
 def thread_host() -> Host:
-    """The loop that a thread without a running loop works for (spec rule 2), else ``None``."""
+    """The loop that a thread without a running asyncio loop works for: the trio run in
+    this thread, else the one a forked call or anyio worker works for (spec rule 2),
+    else ``None``."""
     host = get_call_frame()[0]
     if host is not UNRESOLVED:
         return host
+    if "trio" in _modules:
+        token = trio_token()
+        if token is not None:
+            return token
     # An anyio worker thread (to_thread.run_sync) works for the loop that started it.
     # anyio keeps that in a private thread-local; only look if anyio is loaded at all.
-    anyio_loop = sys.modules.get("anyio._core._eventloop")
+    anyio_loop = _modules.get("anyio._core._eventloop")
     if anyio_loop is not None:
-        token = anyio_loop.threadlocals.__dict__.get("current_token")
-        native = getattr(token, "native_token", None)
-        if isinstance(native, asyncio.AbstractEventLoop):
+        anyio_token = anyio_loop.threadlocals.__dict__.get("current_token")
+        native = getattr(anyio_token, "native_token", None)
+        if isinstance(native, asyncio.AbstractEventLoop) or _is_trio_token(native):
             return native
     return None
+
+
+def _is_trio_token(obj: object) -> bool:
+    trio = _modules.get("trio")
+    return trio is not None and isinstance(obj, trio.lowlevel.TrioToken)
 
 
 def current_host() -> Host:
@@ -105,13 +129,13 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
         value = await awaitable
     except GeneratorExit:
         # The task was destroyed unfinished (its loop closed): it will never end.
-        _close(awaitable)
+        close_awaitable(awaitable)
         fut._set_cancelled()
         raise
     except BaseException as exc:
         # KeyboardInterrupt and SystemExit included: they belong to the waiter, not to
         # the loop that happened to run the call.
-        _close(awaitable)  # if it never started (cancelled at SUSPEND), it never will
+        close_awaitable(awaitable)  # if it never started (cancelled at SUSPEND), it never will
         fut._handle = None
         fut._set_exception(exc)
     else:
@@ -136,6 +160,11 @@ def spawn(
     ``queued``: ``fut`` is QUEUED with ``awaitable`` in its slot, and whoever takes it
     from there (this, or ``cancel()``) decides; otherwise the caller already owns ``fut``.
     """
+    if host is not None and not isinstance(host, asyncio.AbstractEventLoop):
+        from ._trio import spawn as spawn_in_trio
+
+        spawn_in_trio(host, fut, awaitable, context, queued)
+        return
     loop = host if host is not None else runtime.loop()
     if loop is _get_running_loop():
         _start(fut, awaitable, context, queued)
@@ -147,7 +176,7 @@ def spawn(
     except RuntimeError:  # that loop is closed
         if queued and take(fut) is None:
             return  # cancel() won, and closed the coroutine
-        _close(awaitable)
+        close_awaitable(awaitable)
         fut._state = RUNNING
         fut._set_exception(
             RuntimeError(f"cannot run the forked call: its event loop {loop!r} is closed")
@@ -166,9 +195,23 @@ def _start(
     fut._handle = loop.create_task(driver(fut, awaitable), context=context)
 
 
-def _close(awaitable: object) -> None:
+def close_awaitable(awaitable: object) -> None:
     if asyncio.iscoroutine(awaitable):
         awaitable.close()
+
+
+class HostedTask:
+    """A forked coroutine's task on a host other than an asyncio loop (a trio run)."""
+
+    __slots__ = ()
+
+    def cancel_soon(self) -> bool:
+        """Ask for cancellation from any thread; ``False`` if the host has ended."""
+        raise NotImplementedError
+
+    def cancel_here(self) -> None:
+        """Cancel it, in the host's own thread."""
+        raise NotImplementedError
 
 
 class Slot(list[Any]):
@@ -181,8 +224,8 @@ class Slot(list[Any]):
 
     def __init__(self, item: object) -> None:
         super().__init__((item,))
-        #: For a coroutine bound for another thread's loop: that loop, once known.
-        self.loop: asyncio.AbstractEventLoop | None = None
+        #: For a coroutine bound for another thread's loop: that loop (or trio run), once known.
+        self.loop: asyncio.AbstractEventLoop | TrioToken | None = None
 
 
 def take(fut: Future[Any]) -> Any:  # Any: a call record, a coroutine or a callback

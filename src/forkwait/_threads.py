@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from ._config import settings
-from ._hosts import Host, call_frame, get_call_frame, spawn, take, thread_state
+from ._hosts import Host, call_frame, get_call_frame, spawn, take, thread_state, trio_token
 from ._state import DONE, QUEUED, RUNNING
 from ._torch import bind_inline as bind_torch_inline
 
@@ -233,7 +233,7 @@ pool = WorkerPool(settings.max_threads)
 
 def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
     """Block this thread until ``fut`` is done, or raise ``TimeoutError``."""
-    if _get_running_loop() is not None:
+    if _get_running_loop() is not None or trio_token() is not None:
         raise RuntimeError(
             f"Future.{api}() would block the event loop running in this thread; "
             f"in async code write `await fut` or `await forkwait.wait(fut)`"

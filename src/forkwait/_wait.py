@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 import warnings
 from asyncio import events as _events
@@ -11,13 +12,14 @@ from typing import Any, Generic, TypeVar, cast
 
 from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
-from ._hosts import Slot, take
+from ._hosts import Slot, take, trio_token
 from ._state import DONE, QUEUED, RUNNING
 from ._threads import block
 
 T = TypeVar("T")
 
 _get_running_loop = _events._get_running_loop
+_modules = sys.modules
 
 
 class _Waiting(Generic[T]):
@@ -72,7 +74,7 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
     """
     if not isinstance(future, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise _not_a_future(future, "wait")
-    if _get_running_loop() is None:
+    if _get_running_loop() is None and not ("trio" in _modules and trio_token() is not None):
         if get_observer() is not None:
             return observed_wait(future, timeout, "wait")
         # future.result(timeout), inlined: the sync hot path.
@@ -108,7 +110,7 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
     for fut in futs:
         if not isinstance(fut, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise _not_a_future(fut, "wait_all")
-    if _get_running_loop() is None:
+    if _get_running_loop() is None and trio_token() is None:
         if timeout is None:
             return [fut.result() for fut in futs]
         deadline = time.monotonic() + timeout

@@ -1,0 +1,210 @@
+"""trio as a host: forked coroutines as system tasks of the run, and futures awaited in trio.
+
+trio has no detached tasks, so a fork made without a scope becomes a *system task* of
+the current ``trio.run``: it runs beside the app's tasks, a failure goes to its future
+(never to the run, which would end in ``TrioInternalError``), and forks still running
+when the run's main task returns are cancelled, with a warning, as the default
+runtime's are at interpreter exit.
+
+Imported only once the app has imported trio (see ``_hosts.trio_token``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import sniffio
+import trio
+
+from ._callables import describe
+from ._hosts import HostedTask, Slot, close_awaitable, take
+from ._state import DONE, RUNNING
+
+if TYPE_CHECKING:
+    from ._future import Future
+
+logger = logging.getLogger("forkwait")
+
+_sniffio_thread = sniffio.thread_local
+_current_token = trio.lowlevel.current_trio_token
+_RunFinishedError = trio.RunFinishedError
+_Cancelled = trio.Cancelled
+
+
+def current_token() -> trio.lowlevel.TrioToken | None:
+    """The token of the trio run in this thread, or ``None`` if trio does not run here."""
+    # trio marks its thread for sniffio while it runs: a thread-local read, where
+    # current_trio_token() raises (slowly) everywhere else.
+    if getattr(_sniffio_thread, "name", None) != "trio":
+        return None
+    try:
+        return _current_token()
+    except RuntimeError:
+        return None
+
+
+class TrioTask(HostedTask):
+    """A forked coroutine's system task, as ``Future.cancel()`` sees it."""
+
+    __slots__ = ("scope", "token")
+
+    def __init__(self, scope: trio.CancelScope, token: trio.lowlevel.TrioToken) -> None:
+        self.scope = scope
+        self.token = token
+
+    def cancel_soon(self) -> bool:
+        if current_token() is self.token:
+            self.scope.cancel()
+            return True
+        return call_soon(self.token, self.scope.cancel)
+
+    def cancel_here(self) -> None:
+        self.scope.cancel()
+
+
+def call_soon(token: trio.lowlevel.TrioToken, fn: Any, *args: Any) -> bool:
+    """Run ``fn(*args)`` in the run's thread; ``False`` if the run has ended."""
+    try:
+        token.run_sync_soon(fn, *args)
+    except _RunFinishedError:
+        return False
+    return True
+
+
+def spawn(
+    token: trio.lowlevel.TrioToken,
+    fut: Future[Any],
+    awaitable: Awaitable[Any],
+    context: contextvars.Context,
+    queued: bool,
+) -> None:
+    """Run ``awaitable`` as ``fut``'s system task in the run of ``token``, from any thread."""
+    if current_token() is token:
+        _start(token, fut, awaitable, context, queued)
+        return
+    if queued:
+        handle: Slot = fut._handle
+        handle.loop = token  # where cancel() finds the task if it loses the race
+    if not call_soon(token, _start, token, fut, awaitable, context, queued):
+        if queued and take(fut) is None:
+            return  # cancel() won, and closed the coroutine
+        close_awaitable(awaitable)
+        fut._state = RUNNING
+        fut._set_exception(
+            RuntimeError(f"cannot run the forked call: its trio run ({token!r}) has ended")
+        )
+
+
+def _start(
+    token: trio.lowlevel.TrioToken,
+    fut: Future[Any],
+    awaitable: Awaitable[Any],
+    context: contextvars.Context,
+    queued: bool,
+) -> None:
+    if queued:
+        if take(fut) is None:
+            return  # cancel() won, and closed the coroutine
+        fut._state = RUNNING
+    scope = trio.CancelScope()
+    fut._handle = TrioTask(scope, token)
+    try:
+        trio.lowlevel.spawn_system_task(
+            _drive, fut, awaitable, scope, name=describe(fut._func), context=context
+        )
+    except RuntimeError as exc:  # the run is ending: its system nursery takes no more
+        close_awaitable(awaitable)
+        fut._handle = None
+        fut._set_exception(exc)
+
+
+async def _drive(fut: Future[Any], awaitable: Awaitable[Any], scope: trio.CancelScope) -> None:
+    """The body of a fork's system task: await ``awaitable``, settle ``fut``, never raise
+    (a system task that raises ends the whole run), except to pass on the run's own
+    cancellation."""
+    if scope.cancel_called:  # fut.cancel() before the task's first step: never start
+        close_awaitable(awaitable)
+        fut._handle = None
+        fut._set_cancelled()
+        return
+    value: Any = None
+    try:
+        with scope:
+            value = await awaitable
+    except _Cancelled:
+        # Not our scope's (that one is caught by the `with`): the run's main task has
+        # returned and trio cancels its system tasks.
+        close_awaitable(awaitable)
+        fut._handle = None
+        logger.warning(
+            "forkwait: fork(%s) was still running when its trio run ended, and was cancelled",
+            describe(fut._func),
+        )
+        fut._set_cancelled()
+        raise
+    except BaseException as exc:
+        close_awaitable(awaitable)
+        fut._handle = None
+        fut._set_exception(exc)
+        return
+    fut._handle = None
+    if scope.cancelled_caught:  # fut.cancel()
+        close_awaitable(awaitable)
+        fut._set_cancelled()
+    else:
+        fut._set_result(value)
+
+
+class TrioWaiter:
+    """A trio task awaiting a future: a done callback that reschedules it, exactly once."""
+
+    __slots__ = ("aborted", "task", "thread", "token", "waiting", "woken")
+
+    def __init__(self) -> None:
+        self.task = trio.lowlevel.current_task()
+        self.token = _current_token()
+        self.thread = threading.get_ident()
+        self.aborted = False
+        self.waiting = False  # the task is suspended, so it may be rescheduled
+        self.woken = False
+
+    def __call__(self, fut: Future[Any]) -> None:
+        if threading.get_ident() != self.thread:
+            call_soon(self.token, self._wake)  # if the run ended, nobody is left to wake
+        elif self.waiting:
+            self._wake()  # another task of the run finished the future
+        else:
+            # Registering found the future finished (by another thread, just then) and
+            # drained it here, before the task suspended: it must not suspend now.
+            self.woken = True
+
+    def _wake(self) -> None:
+        # In the run's thread, so these flags need no lock.
+        if not self.aborted and not self.woken:
+            self.woken = True
+            trio.lowlevel.reschedule(self.task)
+
+
+async def wait_in_trio(fut: Future[Any]) -> Any:
+    """``await fut`` in a trio task: the value, or the call's exception."""
+    if fut._state < DONE:
+        waiter = TrioWaiter()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            # The awaiting task is cancelled: it stops waiting, the call goes on.
+            waiter.aborted = True
+            fut._remove_waiter(waiter)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        if fut._add_waiter(waiter) and not waiter.woken:
+            waiter.waiting = True
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await trio.lowlevel.checkpoint()
+    else:
+        await trio.lowlevel.checkpoint()
+    return fut._outcome()
