@@ -14,9 +14,11 @@ def test_public_names_are_pinned() -> None:
         "CancelledError",
         "Future",
         "InvalidStateError",
+        "Scope",
         "collect_all",
         "configure",
         "fork",
+        "scope",
         "wait",
         "wait_all",
     ]

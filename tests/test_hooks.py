@@ -13,12 +13,12 @@ import anyio.lowlevel
 import pytest
 
 from forkwait import Future, fork, wait
-from forkwait._hooks import current_observer
+from forkwait._hooks import Observer, current_observer
 
 pytestmark = pytest.mark.timeout(20)
 
 
-class Recorder:
+class Recorder(Observer):
     """A minimal tracer: notes forks, where each call runs, and waits."""
 
     def __init__(self) -> None:

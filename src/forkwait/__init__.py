@@ -11,15 +11,18 @@ from __future__ import annotations
 from ._config import configure
 from ._fork import fork
 from ._future import CancelledError, Future, InvalidStateError
+from ._scope import Scope, scope
 from ._wait import collect_all, wait, wait_all
 
 __all__ = [
     "CancelledError",
     "Future",
     "InvalidStateError",
+    "Scope",
     "collect_all",
     "configure",
     "fork",
+    "scope",
     "wait",
     "wait_all",
 ]

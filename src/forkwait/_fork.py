@@ -12,7 +12,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from ._callables import is_async_callable
 from ._future import Future, allocate_future, new_future
-from ._hooks import get_observer
+from ._hooks import Observer, get_observer
 from ._hosts import (
     UNRESOLVED,
     Host,
@@ -23,6 +23,7 @@ from ._hosts import (
     spawn,
     take,
     thread_host,
+    thread_state,
 )
 from ._state import QUEUED, RUNNING
 from ._threads import pool
@@ -55,8 +56,8 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         out = await fork(fetch, url)  # runs as a task
     """
     observer = get_observer()
-    if observer is not None:  # tracing: the observer may wrap func to time it
-        func = observer.forked(func, is_async_callable(func))
+    if observer is not None and not thread_state.observing:
+        return _observed_fork(observer, func, args, kwargs)  # in a scope or a trace
     # Plain functions are the common case: test their code flags here, not in a call.
     if (
         func.__code__.co_flags & _CO_COROUTINE
@@ -98,6 +99,20 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
             host = thread_host()
     fut._handle = [(func, args, kwargs, _copy_context(), host)]  # see take
     pool.submit(fut)
+    return fut
+
+
+def _observed_fork(
+    observer: Observer, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Future[Any]:
+    """``fork`` under an observer: it may wrap ``func`` (to time it), and sees the future."""
+    wrapped = observer.forked(func, is_async_callable(func))
+    thread_state.observing = True  # the fork below is this one, not a new one to observe
+    try:
+        fut = fork(wrapped, *args, **kwargs)
+    finally:
+        thread_state.observing = False
+    observer.created(fut)
     return fut
 
 

@@ -384,7 +384,9 @@ class Future(Generic[T]):
 
     def _set_exception(self, exc: BaseException) -> None:
         """Finish with ``exc``; only the call's one completer calls this."""
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, (asyncio.CancelledError, CancelledError)):
+            # As in asyncio: a call that ends in a cancellation (its own, or a wait on
+            # a cancelled future it did not handle) is cancelled, not failed.
             self._set_cancelled()
             return
         self._value = exc
@@ -493,12 +495,13 @@ def _cancel_task(fut: Future[Any]) -> None:
 
 
 def observed_wait(fut: Future[T], timeout: float | None, api: str) -> T:
-    """A sync wait that tells the observer when it starts and stops."""
+    """A sync wait that tells the observer when it starts and stops, and that a
+    cancelled scope interrupts."""
     observer = get_observer()
     stopped = observer.waiting(fut) if observer is not None else None
     try:
         if fut._state < DONE:
-            block_until_done(fut, timeout, api)
+            block_until_done(fut, timeout, api, observer)
         return fut._outcome()
     finally:
         if stopped is not None:

@@ -1,23 +1,26 @@
-"""Where fork and wait report what they do: the hook that tracing listens on.
+"""Where fork and wait report what they do: the hook that scopes and tracing listen on.
 
 An observer is installed in a context variable, so it sees every fork and wait made
 in that context, including those of nested forks in worker threads and on other loops
-(forked calls run in copies of the forking context). Outside a trace nobody listens,
-and fork and wait pay one context-variable read.
+(forked calls run in copies of the forking context). Observers stack (a scope inside
+a trace sees the same forks as the trace). Outside them nobody listens, and fork and
+wait pay one context-variable read.
 """
 
 from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._future import Future
 
 
-class Observer(Protocol):
-    """What a tracer implements to see forks and waits."""
+class Observer:
+    """What a scope or a tracer overrides to see forks and waits; each default does nothing."""
+
+    __slots__ = ()
 
     def forked(self, func: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
         """``fork(func, ...)`` was called; return what to run instead.
@@ -25,14 +28,68 @@ class Observer(Protocol):
         Return ``func``, or a wrapper that notes where and when the call runs (an
         ``async def`` one when ``is_async``). The future's ``_func`` is what this returns.
         """
-        ...
+        return func
+
+    def created(self, fut: Future[Any]) -> None:
+        """``fork`` made ``fut`` (after ``forked``), before returning it."""
 
     def waiting(self, fut: Future[Any]) -> Callable[[], object] | None:
         """Someone starts waiting on ``fut``; the returned function runs when they stop."""
-        ...
+        return None
+
+    def interrupt_with(self, wake: Callable[[], object]) -> bool:
+        """A thread blocks in a sync wait here: call ``wake()`` (once) if it must stop
+        waiting (its scope was cancelled); ``False`` if it must not even start."""
+        return True
+
+    def stop_interrupting(self, wake: Callable[[], object]) -> None:
+        """The wait that ``interrupt_with`` registered ``wake`` for is over."""
+
+    def interrupted(self) -> bool:
+        """Whether a wait registered with ``interrupt_with`` must end in ``CancelledError``."""
+        return False
+
+
+class Chain(Observer):
+    """Two observers as one: ``outer`` (installed first) sees everything ``inner`` does."""
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, outer: Observer, inner: Observer) -> None:
+        self.outer = outer
+        self.inner = inner
+
+    def forked(self, func: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
+        return self.inner.forked(self.outer.forked(func, is_async), is_async)
+
+    def created(self, fut: Future[Any]) -> None:
+        self.outer.created(fut)
+        self.inner.created(fut)
+
+    def waiting(self, fut: Future[Any]) -> Callable[[], object] | None:
+        stops = [stop for stop in (self.outer.waiting(fut), self.inner.waiting(fut)) if stop]
+        if not stops:
+            return None
+        return lambda: [stop() for stop in stops]
+
+    def interrupt_with(self, wake: Callable[[], object]) -> bool:
+        return self.outer.interrupt_with(wake) and self.inner.interrupt_with(wake)
+
+    def stop_interrupting(self, wake: Callable[[], object]) -> None:
+        self.outer.stop_interrupting(wake)
+        self.inner.stop_interrupting(wake)
+
+    def interrupted(self) -> bool:
+        return self.outer.interrupted() or self.inner.interrupted()
 
 
 current_observer: contextvars.ContextVar[Observer | None] = contextvars.ContextVar(
     "forkwait_observer", default=None
 )
 get_observer = current_observer.get
+
+
+def install(observer: Observer) -> contextvars.Token[Observer | None]:
+    """Make ``observer`` see the forks and waits of this context, on top of any other."""
+    outer = get_observer()
+    return current_observer.set(observer if outer is None else Chain(outer, observer))

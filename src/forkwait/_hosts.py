@@ -34,6 +34,8 @@ class ThreadState(threading.local):
 
     #: The pool, if this thread is one of its workers.
     worker: Any = None
+    #: Inside fork's observed path, whose inner fork must not be observed again.
+    observing = False
 
 
 thread_state = ThreadState()

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import contextvars
 
     from ._future import Future
+    from ._hooks import Observer
 
     #: What fork records for a sync call: func, args, kwargs, context, host.
     Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], contextvars.Context, Host]
@@ -231,14 +232,19 @@ class WorkerPool:
 pool = WorkerPool(settings.max_threads)
 
 
-def block_until_done(fut: Future[Any], timeout: float | None, api: str) -> None:
+def block_until_done(
+    fut: Future[Any], timeout: float | None, api: str, observer: Observer | None = None
+) -> None:
     """Block this thread until ``fut`` is done, or raise ``TimeoutError``."""
     if _get_running_loop() is not None or trio_token() is not None:
         raise RuntimeError(
             f"Future.{api}() would block the event loop running in this thread; "
             f"in async code write `await fut` or `await forkwait.wait(fut)`"
         )
-    block(fut, timeout)
+    if observer is None:
+        block(fut, timeout)
+    else:
+        block_interruptibly(fut, timeout, observer)
 
 
 def block(fut: Future[Any], timeout: float | None) -> None:
@@ -280,3 +286,57 @@ def block(fut: Future[Any], timeout: float | None) -> None:
     finally:
         if worker is not None:
             worker.unblocked()
+
+
+class _WakeOnce:
+    """A blocked thread's wake-up that both its future and its scope may pull: once."""
+
+    __slots__ = ("lock", "pulls")
+
+    def __init__(self) -> None:
+        self.lock = allocate_lock()
+        self.lock.acquire()
+        self.pulls = [None]  # list.pop is atomic: one puller finds it
+
+    def __call__(self, _: object = None) -> None:
+        try:
+            self.pulls.pop()
+        except IndexError:
+            return
+        self.lock.release()
+
+
+def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Observer) -> None:
+    """``block``, inside a scope (or a trace): a cancelled scope ends the wait with
+    ``forkwait.CancelledError``, rather than leave the thread blocked for good."""
+    if observer.interrupted():
+        raise _scope_cancelled(fut)
+    if timeout is None and fut._state == QUEUED and type(fut._handle) is list:
+        block(fut, None)  # a call nobody started: run it here (see block, rule 1)
+        return
+    wake = _WakeOnce()
+    if not fut._add_waiter(wake):
+        return
+    if not observer.interrupt_with(wake):
+        wake()
+    worker: WorkerPool | None = thread_state.worker
+    if worker is not None:
+        worker.block_released()  # rule 2
+    try:
+        woken = wake.lock.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+    finally:
+        if worker is not None:
+            worker.unblocked()
+        observer.stop_interrupting(wake)
+    if fut._state >= DONE:
+        return
+    fut._remove_waiter(wake)
+    if woken:
+        raise _scope_cancelled(fut)
+    raise TimeoutError(f"{fut!r} did not finish within {timeout} seconds; it keeps running")
+
+
+def _scope_cancelled(fut: Future[Any]) -> BaseException:
+    from ._future import CancelledError
+
+    return CancelledError(f"the wait for {fut!r} was cancelled: its scope was cancelled")

@@ -1,0 +1,278 @@
+"""``forkwait.scope()``: structured concurrency for forks, with anyio's rules.
+
+Every fork made inside a scope, directly or from nested forks in worker threads and
+tasks, belongs to it; leaving the scope waits for all of them. Until the body is
+done, code may still retrieve a failure with ``wait`` or ``await``; a failure nobody
+retrieved by then cancels the siblings, and the scope raises an ``ExceptionGroup``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._hooks import Observer, current_observer, install
+from ._hosts import Slot, current_host, take
+from ._state import FAILED, QUEUED, RUNNING
+
+if TYPE_CHECKING:
+    from ._future import Future
+
+
+class Scope(Observer):
+    """Forks made inside belong to it, and leaving it waits for them.
+
+    async with forkwait.scope():          # or `with forkwait.scope():` in sync code
+        fork(fetch, url)
+        fork(save, path)
+    # both are done here; a failure nobody retrieved is raised in an ExceptionGroup
+    """
+
+    __slots__ = (
+        "_body",
+        "_cancelled",
+        "_futures",
+        "_host",
+        "_interrupts",
+        "_thread",
+        "_token",
+    )
+
+    def __init__(self) -> None:
+        self._futures: list[Future[Any]] = []
+        self._interrupts: list[Callable[[], object]] = []
+        self._cancelled = False
+        self._token: contextvars.Token[Observer | None] | None = None
+        self._body: Any = None  # the async body's anyio CancelScope
+        self._host: Any = None
+        self._thread = 0
+
+    def __repr__(self) -> str:
+        done = sum(fut.done() for fut in self._futures)
+        state = " cancelled" if self._cancelled else ""
+        return f"<forkwait.scope{state}: {done} of {len(self._futures)} forks done>"
+
+    @property
+    def cancel_called(self) -> bool:
+        """Whether ``cancel()`` was called."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Cancel every fork of the scope, and the body of an ``async with`` scope.
+
+        Pending tasks are cancelled and queued sync calls never start; sync calls
+        already running finish, and a sync call of the scope blocked in ``wait`` gets
+        ``forkwait.CancelledError``. Forks made afterwards are cancelled at once.
+        """
+        if self._cancelled:
+            return
+        self._cancelled = True
+        for fut in list(self._futures):
+            fut.cancel()
+        while self._interrupts:
+            try:
+                wake = self._interrupts.pop()
+            except IndexError:
+                break
+            wake()
+        body = self._body
+        if body is not None:
+            if threading.get_ident() == self._thread:
+                body.cancel()
+            else:
+                _call_in(self._host, body.cancel)
+
+    # -- the observer: forks of the scope, and waits that its cancellation interrupts --
+
+    def created(self, fut: Future[Any]) -> None:
+        self._futures.append(fut)
+        if self._cancelled:
+            fut.cancel()
+
+    def interrupt_with(self, wake: Callable[[], object]) -> bool:
+        self._interrupts.append(wake)
+        return not self._cancelled  # checked after appending: cancel() pops what it sees
+
+    def stop_interrupting(self, wake: Callable[[], object]) -> None:
+        try:
+            self._interrupts.remove(wake)
+        except ValueError:
+            pass  # cancel() took it
+
+    def interrupted(self) -> bool:
+        return self._cancelled
+
+    # -- entering and leaving ----------------------------------------------------------
+
+    def __enter__(self) -> Scope:
+        self._open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._close()
+        if exc is not None:
+            self.cancel()
+        try:
+            while (settling := self._settling()) is not None:
+                settling.wait()
+        except BaseException:  # Ctrl-C while waiting: stop the forks, then go
+            self.cancel()
+            raise
+        return self._raise(exc)
+
+    async def __aenter__(self) -> Scope:
+        import anyio
+
+        self._open()
+        self._body = anyio.CancelScope()
+        self._body.__enter__()
+        self._host = current_host()
+        self._thread = threading.get_ident()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        import anyio
+
+        self._close()
+        cancelled_exc = anyio.get_cancelled_exc_class()
+        if exc is not None:
+            self.cancel()  # a failing or cancelled body stops the forks, as in anyio
+        body, self._body = self._body, None
+        # Our own cancellation of the body ends here (anyio's scope knows which it was),
+        # before waiting for the forks, which that cancellation must not interrupt.
+        swallowed = bool(body.__exit__(exc_type, exc, tb))
+        if swallowed:
+            exc = None
+        outer_cancel: BaseException | None = None
+        while (settling := self._settling()) is not None:
+            try:
+                with anyio.CancelScope(shield=outer_cancel is not None):
+                    await settling
+            except cancelled_exc as cancel:  # the code around the scope is cancelled
+                outer_cancel = cancel
+                self.cancel()
+        if outer_cancel is not None:
+            self._raise(None)  # failures first: the cancellation is raised again anyway
+            raise outer_cancel
+        return self._raise(exc) or swallowed
+
+    def _open(self) -> None:
+        if self._token is not None:
+            raise RuntimeError("a forkwait.scope() can be entered only once")
+        self._token = install(self)
+
+    def _close(self) -> None:
+        token = self._token
+        assert token is not None
+        try:
+            current_observer.reset(token)
+        except ValueError:  # left in another context than entered (a bug of the caller)
+            raise RuntimeError(
+                "forkwait.scope() was exited in another context than it was entered in"
+            ) from None
+
+    def _settling(self) -> Future[None] | None:
+        """A future done once every pending fork is done, or one fails unretrieved;
+        ``None`` if none is pending. A failure nobody retrieved cancels the others first."""
+        if not self._cancelled and self._failures(mark=False):
+            self.cancel()
+        pending = [fut for fut in list(self._futures) if not fut.done()]
+        if not pending:
+            return None
+        return _until_done_or_failed(pending)
+
+    def _failures(self, *, mark: bool) -> list[BaseException]:
+        """The exceptions of forks that failed and that nobody retrieved."""
+        failed: list[BaseException] = []
+        for fut in list(self._futures):
+            if fut._state == FAILED and fut._unretrieved is not None:
+                if mark:
+                    fut._mark_retrieved()
+                failed.append(fut._value.with_traceback(fut._traceback))
+        return failed
+
+    def _raise(self, exc: BaseException | None) -> bool:
+        """Raise what the scope ends with: the body's exception and the failures
+        nobody retrieved, grouped as anyio does; ``False`` (do not suppress) if none.
+
+        A cancellation of the body is not an error: it goes on as it is (with trio and
+        anyio, the cancel scope that raised it delivers it again at the next checkpoint).
+        """
+        errors = self._failures(mark=True)
+        if exc is not None and not _is_cancellation(exc):
+            errors.insert(0, exc)
+        if not errors:
+            return False
+        raise BaseExceptionGroup(f"{len(errors)} error(s) in a forkwait.scope()", errors) from None
+
+
+def _is_cancellation(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
+    import anyio
+
+    try:
+        return isinstance(exc, anyio.get_cancelled_exc_class())
+    except Exception:  # no async library runs here: sync code
+        return False
+
+
+def _call_in(host: Any, fn: Callable[[], object]) -> None:
+    """Run ``fn()`` in the thread of ``host`` (an asyncio loop or a trio run)."""
+    import asyncio
+
+    if isinstance(host, asyncio.AbstractEventLoop):
+        try:
+            host.call_soon_threadsafe(fn)
+        except RuntimeError:
+            pass  # its loop is closed: the body is long gone
+    elif host is not None:
+        from ._trio import call_soon
+
+        call_soon(host, fn)
+
+
+def _until_done_or_failed(futures: list[Future[Any]]) -> Future[None]:
+    """A future done once all of ``futures`` are, or one fails and nobody retrieved it."""
+    from ._future import new_future
+
+    settled = new_future(QUEUED, _until_done_or_failed)
+    settled._handle = Slot(futures)  # cancel() takes it; so does the callback that finishes it
+    total = len(futures)
+    finished = itertools.count(1)  # next() on it is atomic: one callback sees `total`
+
+    def one_done(fut: Future[Any]) -> None:
+        failed = fut._state == FAILED and fut._unretrieved is not None
+        if (failed or next(finished) == total) and take(settled) is not None:
+            settled._state = RUNNING
+            settled._set_result(None)
+
+    for fut in futures:
+        fut.add_done_callback(one_done)
+    return settled
+
+
+def scope() -> Scope:
+    """A scope for forks: leaving it waits for every fork made inside, and raises the
+    failures nobody retrieved in an ``ExceptionGroup`` (``with`` or ``async with``).
+
+        async with forkwait.scope() as s:
+            fork(crawl, site)             # forks of forks belong to the scope too
+            if deadline_passed:
+                s.cancel()
+    """
+    return Scope()

@@ -1,0 +1,192 @@
+"""forkwait.scope(): forks belong to it, leaving waits for them, failures are grouped."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+import forkwait
+from forkwait import Future, fork, wait
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def nap(value: Any, seconds: float = 0.01) -> Any:
+    await anyio.sleep(seconds)
+    return value
+
+
+async def fails(message: str) -> None:
+    await anyio.sleep(0.01)
+    raise ValueError(message)
+
+
+def forks_a_nested_call(record: list[Future[Any]]) -> str:
+    """A sync call in a worker thread that forks and leaves its fork running."""
+    record.append(fork(nap, "nested", 0.05))
+    return "outer"
+
+
+# -- leaving waits; failures ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_leaving_waits_for_direct_and_nested_forks() -> None:
+    nested: list[Future[Any]] = []
+    async with forkwait.scope() as s:
+        direct = fork(nap, "direct")
+        outer = fork(forks_a_nested_call, nested)
+    assert direct.done()
+    assert outer.done()
+    assert len(nested) == 1
+    assert nested[0].done(), "a fork made from a worker thread belongs to the scope too"
+    assert await nested[0] == "nested"
+    assert "3 of 3 forks done" in repr(s)
+
+
+def test_leaving_a_sync_scope_waits_too() -> None:
+    nested: list[Future[Any]] = []
+    with forkwait.scope():
+        outer = fork(forks_a_nested_call, nested)
+        timed = fork(nap, "direct")
+    assert outer.done()
+    assert timed.done()
+    assert nested[0].done()
+
+
+@pytest.mark.anyio
+async def test_a_failure_nobody_retrieved_cancels_the_siblings_and_is_raised() -> None:
+    with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="first")):
+        async with forkwait.scope():
+            fork(fails, "first")
+            sibling = fork(anyio.sleep_forever)
+    assert sibling.cancelled()
+
+
+def test_a_failure_in_a_sync_scope_is_raised_in_a_group() -> None:
+    release = threading.Event()
+    with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="sync")), forkwait.scope():
+        fork(fails, "sync")
+        waiting = fork(release.wait, 10)
+        pending = fork(anyio.sleep_forever)
+        wait(fork(nap, None, 0.05))  # by now `fails` has failed
+        release.set()
+    assert waiting.result() is True
+    assert pending.cancelled()
+
+
+@pytest.mark.anyio
+async def test_a_failure_retrieved_with_wait_or_await_is_not_raised_again() -> None:
+    async with forkwait.scope():
+        with pytest.raises(ValueError, match="handled"):
+            await fork(fails, "handled")
+        with pytest.raises(ValueError, match="also handled"):
+            await forkwait.wait(fork(fails, "also handled"))
+        kept = fork(nap, "kept")
+    assert await kept == "kept"
+
+
+@pytest.mark.anyio
+async def test_a_failing_body_cancels_the_forks_and_is_grouped_with_their_failures() -> None:
+    with pytest.RaisesGroup(pytest.RaisesExc(KeyError), pytest.RaisesExc(ValueError, match="fork")):
+        async with forkwait.scope():
+            pending = fork(anyio.sleep_forever)
+            failed = fork(fails, "fork")
+            await anyio.sleep(0.05)
+            raise KeyError("body")
+    assert pending.cancelled()
+    assert failed.done()
+
+
+# -- cancellation ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_cancel_stops_the_body_and_the_forks_but_lets_running_sync_calls_finish(
+    max_threads: Any,
+) -> None:
+    max_threads(1)
+    started = threading.Event()
+    release = threading.Event()
+
+    def running() -> str:
+        started.set()
+        release.wait(10)
+        return "finished"
+
+    async with forkwait.scope() as s:
+        sync_call = fork(running)
+        queued = fork(lambda: "never")  # the one thread is busy: this stays queued
+        task = fork(anyio.sleep_forever)
+        await anyio.to_thread.run_sync(started.wait, 10)
+        s.cancel()
+        release.set()
+        await anyio.sleep_forever()  # the body is cancelled too
+    assert s.cancel_called
+    assert sync_call.result() == "finished"
+    assert queued.cancelled()
+    assert task.cancelled()
+
+
+@pytest.mark.anyio
+async def test_a_sync_call_blocked_in_wait_gets_cancelled_error_when_its_scope_is_cancelled() -> (
+    None
+):
+    never = threading.Event()
+    outside = fork(never.wait, 20)  # not in the scope: cancelling the scope cannot stop it
+    blocked = threading.Event()
+
+    def waits_for_it() -> Any:
+        blocked.set()
+        return wait(outside)
+
+    async with forkwait.scope() as s:
+        waiter = fork(waits_for_it)
+        await anyio.to_thread.run_sync(blocked.wait, 10)
+        s.cancel()
+    with pytest.raises(forkwait.CancelledError):
+        await waiter
+    assert not outside.done()
+    never.set()
+    assert await outside is True
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_code_around_the_scope_cancels_its_forks() -> None:
+    with anyio.move_on_after(0.05) as deadline:
+        async with forkwait.scope():
+            pending = fork(anyio.sleep_forever)
+            await anyio.sleep_forever()
+    assert deadline.cancelled_caught
+    assert pending.cancelled()
+
+
+@pytest.mark.anyio
+async def test_forks_made_after_cancel_are_cancelled_at_once() -> None:
+    async with forkwait.scope() as s:
+        s.cancel()
+        late = fork(nap, "late")
+    assert late.cancelled()
+
+
+def test_a_sync_scope_nested_in_forked_calls_cannot_starve_one_thread(max_threads: Any) -> None:
+    """A worker waiting at the end of its scope gives its thread back (no deadlock)."""
+    max_threads(1)
+
+    def level(depth: int) -> int:
+        if depth == 0:
+            return 1
+        with forkwait.scope():
+            children = [fork(level, depth - 1) for _ in range(2)]
+        return sum(child.result() for child in children)
+
+    assert wait(fork(level, 4)) == 16
+
+
+def test_a_scope_is_entered_once() -> None:
+    s = forkwait.scope()
+    with s, pytest.raises(RuntimeError, match="entered only once"), s:
+        pass
