@@ -85,12 +85,23 @@ def _ensemble(intra_op_threads: int | None) -> Iterator[dict[str, Any]]:
         torch.set_num_threads(threads_before)
 
 
+def _inferring(model: Callable[[Any], object], x: object) -> object:
+    import torch
+
+    with torch.inference_mode():
+        return model(x)
+
+
 def _runners(e: dict[str, Any]) -> dict[str, Callable[[], object]]:
     models, x, scripted, pool = e["models"], e["x"], e["scripted"], e["pool"]
     return {
         "sequential": lambda: [model(x) for model in models],
         "TorchScript fork": lambda: scripted(x),
-        "ThreadPoolExecutor(2)": lambda: [f.result() for f in [pool.submit(m, x) for m in models]],
+        # Pool threads start outside inference_mode (that is what forkwait fixes), so
+        # each call enters it, as an app would have to, to compare like with like.
+        "ThreadPoolExecutor(2)": lambda: [
+            f.result() for f in [pool.submit(_inferring, m, x) for m in models]
+        ],
         "forkwait": lambda: wait_all([fork(model, x) for model in models]),
     }
 
@@ -125,7 +136,9 @@ def _async_build(config: Config) -> Iterator[Contenders]:
             with torch.inference_mode():
                 start = perf_counter()
                 for _ in range(n):
-                    await asyncio.gather(*[asyncio.to_thread(model, x) for model in models])
+                    await asyncio.gather(
+                        *[asyncio.to_thread(_inferring, model, x) for model in models]
+                    )
                 return (perf_counter() - start) / n
 
         run = _runners(e)

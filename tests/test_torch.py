@@ -151,7 +151,8 @@ def test_no_grad_applies_in_the_worker() -> None:
 
 
 def test_enable_grad_inside_no_grad_applies_in_the_worker() -> None:
-    with torch.no_grad(), torch.enable_grad():
+    # Under autocast too, so that the call is not in a fresh state and gets wrapped.
+    with torch.autocast("cpu"), torch.no_grad(), torch.enable_grad():
         assert in_worker(grad_state) == (True, False)
 
 
@@ -167,24 +168,37 @@ def test_inference_mode_applies_in_the_worker() -> None:
 
 
 def test_inference_mode_off_inside_inference_mode() -> None:
-    with torch.inference_mode(), torch.inference_mode(False):
+    with torch.autocast("cpu"), torch.inference_mode(), torch.inference_mode(False):
         assert in_worker(grad_state) == (True, False)
 
 
 def test_autocast_applies_in_the_worker_with_its_dtype() -> None:
+    """float16, not CPU autocast's default bfloat16: the dtype itself goes along."""
     linear = nn.Linear(4, 2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.float16):
         seen = in_worker(
             lambda: (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
         )
         out = in_worker(lambda: linear(torch.randn(1, 4)))
-    assert seen == (True, torch.bfloat16)
-    assert out.dtype == torch.bfloat16
+    assert seen == (True, torch.float16)
+    assert out.dtype == torch.float16
+
+
+def test_autocast_cache_flag_applies_in_the_worker() -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        assert in_worker(torch.is_autocast_cache_enabled) is False
 
 
 def test_autocast_turned_off_inside_autocast() -> None:
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False):
-        assert in_worker(lambda: torch.is_autocast_enabled("cpu")) is False
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        torch.autocast("cpu", enabled=False),
+    ):
+        assert in_worker(lambda: (torch.is_autocast_enabled("cpu"), grad_state())) == (
+            False,
+            (False, False),
+        )
 
 
 def test_state_carries_through_nested_forks() -> None:
@@ -224,6 +238,63 @@ def test_a_call_run_inline_by_its_waiter_gets_the_forkers_state(max_threads: Any
     assert wait(blocker) is True
     assert ident == threading.get_ident(), "expected the waiter to run the call inline"
     assert state == (True, False)
+
+
+def test_a_call_run_inline_under_autocast_runs_without_it(max_threads: Any) -> None:
+    """The same, for a waiter under autocast: the call was forked without it."""
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)
+    fut = fork(lambda: (threading.get_ident(), torch.is_autocast_enabled("cpu")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ident, autocast_on = wait(fut)
+        assert torch.is_autocast_enabled("cpu")
+    release.set()
+    assert wait(blocker) is True
+    assert ident == threading.get_ident(), "expected the waiter to run the call inline"
+    assert autocast_on is False
+
+
+def leaves_grad_off() -> int:
+    """A call that changes its thread's torch state and does not put it back."""
+    torch.set_grad_enabled(False)
+    torch.set_autocast_enabled("cpu", True)
+    return threading.get_ident()
+
+
+def test_a_call_that_leaves_grad_off_does_not_leave_it_to_the_next_call(
+    max_threads: Any,
+) -> None:
+    max_threads(1)
+    first = in_worker(leaves_grad_off)
+    second = in_worker(
+        lambda: (threading.get_ident(), grad_state(), torch.is_autocast_enabled("cpu"))
+    )
+    assert first == second[0], "expected one worker thread to run both calls"
+    assert second[1:] == ((True, False), False)
+
+
+def test_a_call_that_leaves_grad_off_does_not_leave_it_to_its_inline_waiter(
+    max_threads: Any,
+) -> None:
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)
+    fut = fork(leaves_grad_off)
+    assert wait(fut) == threading.get_ident(), "expected the waiter to run the call inline"
+    release.set()
+    assert wait(blocker) is True
+    assert grad_state() == (True, False)
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_then_callbacks_run_under_the_state_then_was_called_in() -> None:
+    """As torch's Future.then: whichever thread finishes the future runs the callback."""
+    release = threading.Event()
+    with torch.inference_mode():
+        fut = fork(release.wait, 10).then(lambda _: grad_state())
+    release.set()
+    assert fut.wait() == (False, True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -298,6 +369,27 @@ def test_cancelling_collect_all_leaves_the_calls_running() -> None:
     assert not running.done()
     release.set()
     assert running.wait() is True
+
+
+def test_nested_collect_all_waits_run_queued_members_instead_of_adding_threads(
+    max_threads: Any,
+) -> None:
+    """Like wait_all, a wait on collect_all runs still-queued members itself, so nested
+    fork/join does not start a thread for every blocked level."""
+    max_threads(2)
+    peak = 0
+
+    def fib(n: int) -> int:
+        nonlocal peak
+        peak = max(peak, threading.active_count())
+        if n < 2:
+            return n
+        done = forkwait.collect_all([fork(fib, n - 1), fork(fib, n - 2)]).wait()
+        return sum(f.value() for f in done)
+
+    baseline = threading.active_count()
+    assert fib(14) == 377
+    assert peak - baseline < 40  # was over 400 when each level blocked a thread
 
 
 @pytest.mark.asyncio

@@ -9,6 +9,7 @@ run asynchronously, as they do for the users who are leaving TorchScript.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import threading
 import warnings
 from collections.abc import Callable
@@ -86,21 +87,23 @@ def test_exceptions_keep_their_type_where_torchscript_makes_a_string(
         forkwait_program.failing(x)
 
 
-def test_the_twin_runs_its_forks_in_worker_threads(forkwait_program: ModuleType) -> None:
-    """The point of the swap: the same code now runs its forks off the caller's thread."""
-    seen: set[int] = set()
+def test_the_twin_runs_its_forks_at_the_same_time(forkwait_program: ModuleType) -> None:
+    """The point of the swap: the first two leaves of the fan-out meet at a barrier, which
+    only two threads running them at once can pass (run one by one, they would time out)."""
+    meeting = threading.Barrier(2, timeout=10)
+    calls = itertools.count()
     leaf = forkwait_program.leaf
 
-    def noting_leaf(a: Tensor, b: int) -> Tensor:
-        seen.add(threading.get_ident())
+    def meeting_leaf(a: Tensor, b: int) -> Tensor:
+        if next(calls) < 2:
+            meeting.wait()
         return leaf(a, b)
 
-    forkwait_program.leaf = noting_leaf
+    forkwait_program.leaf = meeting_leaf
     try:
         forkwait_program.fan_out_then_in(torch.ones(2))
     finally:
         forkwait_program.leaf = leaf
-    assert seen - {threading.get_ident()}
 
 
 # -- the two examples of torch.jit.fork's docstring, with only the import changed -----

@@ -122,6 +122,8 @@ def chain(
     """The future behind ``fut.then(fn)``: QUEUED until ``fut`` is done, so cancellable."""
     child = new_future(QUEUED, fn)
     child._handle = Slot(fn)
+    if "torch" in _modules:  # as torch's then(): fn runs under the caller's torch state
+        fn = bind_torch_state(fn)
     host = current_host()  # the loop an awaitable from fn goes to: the caller's
 
     def run_fn(done: Future[Any]) -> None:

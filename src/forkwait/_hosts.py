@@ -230,6 +230,13 @@ class Slot(list[Any]):
         self.loop: asyncio.AbstractEventLoop | TrioToken | None = None
 
 
+class Members(Slot):
+    """The slot of a future made of others (``collect_all``): they are its one item, so a
+    thread that waits for it can first wait for each, running queued ones itself."""
+
+    __slots__ = ()
+
+
 def take(fut: Future[Any]) -> Any:  # Any: a call record, a coroutine or a callback
     """Take a QUEUED future's call, coroutine or callback; ``None`` if someone else did.
 

@@ -25,9 +25,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from ._config import settings
-from ._hosts import Host, call_frame, get_call_frame, spawn, take, thread_state, trio_token
+from ._hosts import (
+    Host,
+    Members,
+    call_frame,
+    get_call_frame,
+    spawn,
+    take,
+    thread_state,
+    trio_token,
+)
 from ._state import DONE, QUEUED, RUNNING
 from ._torch import bind_inline as bind_torch_inline
+from ._torch import clean_up as clean_torch_state
 
 if TYPE_CHECKING:
     import contextvars
@@ -65,8 +75,12 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     try:
         value = context.run(_enter, (host, depth), func, args, kwargs)
     except BaseException as exc:
+        if "torch" in _modules:
+            clean_torch_state(func)
         fut._set_exception(exc)
         return
+    if "torch" in _modules:  # a call that left grad mode off must not leave it to the next
+        clean_torch_state(func)
     if type(value) not in _PLAIN_TYPES and inspect.isawaitable(value):
         # A sync callable that returned an awaitable (a lambda returning a
         # coroutine): await it on the loop, so a result is never a coroutine.
@@ -268,6 +282,16 @@ def block(fut: Future[Any], timeout: float | None) -> None:
                 run_call(fut, call, depth + 1)
                 if fut._state >= DONE:
                     return
+        elif isinstance(handle, Members):
+            # Made of other futures: wait for each in turn, so that queued ones run here
+            # (rule 1) rather than each blocked level of a nesting starting a new thread.
+            try:
+                members = cast("list[Future[Any]]", handle[0])
+            except IndexError:  # it finished (or was cancelled) just now
+                members = []
+            for member in members:
+                if member._state < DONE:
+                    block(member, None)
     waiter = allocate_lock()
     waiter.acquire()
     if not fut._add_waiter(waiter):

@@ -122,6 +122,24 @@ def bind_inline(func: Callable[..., Any]) -> Callable[..., Any]:
     return InState(FRESH, func)
 
 
+def clean_up(func: Callable[..., Any]) -> None:
+    """After ``func`` ran in this thread: if it left grad mode or autocast changed (a call
+    of ``torch.set_grad_enabled(False)``), put back a fresh thread's, so that neither the
+    next call in a worker nor the waiter that ran it inline inherits the change.
+
+    An ``InState`` call restores what it found itself; any other call started from a
+    fresh state (see ``bind`` and ``bind_inline``).
+    """
+    if type(func) is InState or is_fresh():
+        return
+    torch: Any = _modules["torch"]
+    torch.set_grad_enabled(True)
+    if torch._C._is_any_autocast_enabled():
+        for device in _autocast_device_types(torch):
+            if torch.is_autocast_enabled(device):
+                torch.set_autocast_enabled(device, False)
+
+
 class InState:
     """A callable that runs ``func`` under ``state``, then restores the thread's own."""
 

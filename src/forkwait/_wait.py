@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
-from ._hosts import Slot, take, trio_token
+from ._hosts import Members, take, trio_token
 from ._state import DONE, QUEUED, RUNNING
 from ._threads import block
 
@@ -142,7 +142,7 @@ def collect_all(futures: Iterable[Future[T]]) -> Future[list[Future[T]]]:
         if not isinstance(fut, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise _not_a_future(fut, "collect_all")
     collected = new_future(QUEUED, collect_all)
-    collected._handle = Slot(futs)  # cancel() takes it, as for then()'s future
+    collected._handle = Members(futs)  # cancel() takes it, as for then()'s future
     total = len(futs)
     finished = itertools.count(1)  # next() on it is atomic: one callback sees `total`
 
