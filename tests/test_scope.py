@@ -190,3 +190,122 @@ def test_a_scope_is_entered_once() -> None:
     s = forkwait.scope()
     with s, pytest.raises(RuntimeError, match="entered only once"), s:
         pass
+
+
+# -- attached to an anyio task group ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_forks_live_with_the_task_group_they_are_attached_to() -> None:
+    nested: list[Future[Any]] = []
+    async with anyio.create_task_group() as tg:
+        with forkwait.scope(task_group=tg):
+            direct = fork(nap, "direct", 0.05)
+            outer = fork(forks_a_nested_call, nested)
+        assert not direct.done(), "leaving an attached scope does not wait"
+    assert direct.done()
+    assert outer.done()
+    assert nested[0].done(), "the task group waited for the nested fork too"
+
+
+@pytest.mark.anyio
+async def test_a_failing_fork_fails_the_task_group_like_its_own_tasks() -> None:
+    with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="in the group")):
+        async with anyio.create_task_group() as tg:
+            with forkwait.scope(task_group=tg):
+                fork(fails, "in the group")
+                sibling = fork(anyio.sleep_forever)
+            other_task_ran = False
+
+            async def own_task() -> None:
+                nonlocal other_task_ran
+                await anyio.sleep_forever()
+                other_task_ran = True
+
+            tg.start_soon(own_task)
+    assert sibling.cancelled()
+    assert not other_task_ran
+
+
+@pytest.mark.anyio
+async def test_an_awaited_failure_is_not_raised_into_the_task_group() -> None:
+    async with anyio.create_task_group() as tg:
+        with forkwait.scope(task_group=tg):
+            failing = fork(fails, "mine")
+        with pytest.raises(ValueError, match="mine"):
+            await failing
+
+
+@pytest.mark.anyio
+async def test_forks_obey_the_task_groups_cancel_scope(max_threads: Any) -> None:
+    max_threads(1)
+    started = threading.Event()
+    release = threading.Event()
+
+    def running() -> str:
+        started.set()
+        release.wait(10)
+        return "finished"
+
+    async with anyio.create_task_group() as tg:
+        with forkwait.scope(task_group=tg):
+            sync_call = fork(running)
+            queued = fork(lambda: "never")
+            task = fork(anyio.sleep_forever)
+        await anyio.to_thread.run_sync(started.wait, 10)
+        settled = threading.Event()
+        queued.add_done_callback(lambda _: settled.set())
+        tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            # The group's tasks see the cancellation at their next checkpoint; until
+            # the queued call is settled, keep the one thread busy.
+            await anyio.to_thread.run_sync(settled.wait, 10)
+        release.set()
+    assert sync_call.done(), "the task group waited for the running sync call"
+    assert sync_call.result() == "finished"
+    assert queued.cancelled()
+    assert task.cancelled()
+
+
+@pytest.mark.anyio
+async def test_forks_obey_deadlines_around_the_task_group() -> None:
+    slow: Future[None] | None = None
+
+    async def times_out() -> None:
+        nonlocal slow
+        with anyio.fail_after(0.05):
+            async with anyio.create_task_group() as tg:
+                with forkwait.scope(task_group=tg):
+                    slow = fork(anyio.sleep_forever)
+
+    with pytest.raises(TimeoutError):
+        await times_out()
+    assert slow is not None
+    assert slow.cancelled()
+    with anyio.move_on_after(0.05):
+        async with anyio.create_task_group() as tg:
+            with forkwait.scope(task_group=tg):
+                slow = fork(anyio.sleep_forever)
+    assert slow.cancelled()
+
+
+@pytest.mark.anyio
+async def test_a_sync_call_blocked_in_wait_gets_cancelled_error_when_the_group_is_cancelled() -> (
+    None
+):
+    never = threading.Event()
+    outside = fork(never.wait, 20)
+    blocked = threading.Event()
+
+    def waits_for_it() -> Any:
+        blocked.set()
+        return wait(outside)
+
+    async with anyio.create_task_group() as tg:
+        with forkwait.scope(task_group=tg):
+            waiter = fork(waits_for_it)
+        await anyio.to_thread.run_sync(blocked.wait, 10)
+        tg.cancel_scope.cancel()
+    assert waiter.cancelled()
+    never.set()
+    assert await outside is True

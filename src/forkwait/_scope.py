@@ -20,6 +20,8 @@ from ._hosts import Slot, current_host, take
 from ._state import FAILED, QUEUED, RUNNING
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
     from ._future import Future
 
 
@@ -38,11 +40,13 @@ class Scope(Observer):
         "_futures",
         "_host",
         "_interrupts",
+        "_task_group",
         "_thread",
         "_token",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, task_group: TaskGroup | None = None) -> None:
+        self._task_group = task_group
         self._futures: list[Future[Any]] = []
         self._interrupts: list[Callable[[], object]] = []
         self._cancelled = False
@@ -92,6 +96,38 @@ class Scope(Observer):
         self._futures.append(fut)
         if self._cancelled:
             fut.cancel()
+        elif self._task_group is not None:
+            self._supervise(fut)
+
+    # -- attached to an anyio TaskGroup -------------------------------------------------
+
+    def _supervise(self, fut: Future[Any]) -> None:
+        """Give ``fut`` a task in the task group that lives and dies with it."""
+        tg = self._task_group
+        assert tg is not None
+        if threading.get_ident() == self._thread:
+            _start_or_cancel(tg, self._keep, fut)
+        else:  # a nested fork in a worker thread: task groups are not thread-safe
+            _call_in(self._host, lambda: _start_or_cancel(tg, self._keep, fut))
+
+    async def _keep(self, fut: Future[Any]) -> None:
+        """The task group's task for ``fut``: done when it is; cancelled with the task
+        group, cancelling it; raising its failure into the task group, as anyio's own
+        tasks do, unless somebody retrieved it (an ``await`` of the fork)."""
+        import anyio
+
+        from ._wait import collect_all
+
+        try:
+            await collect_all([fut])  # done, without retrieving its outcome
+        except anyio.get_cancelled_exc_class():
+            self.cancel()  # the task group is cancelled: so are all of the scope's forks
+            with anyio.CancelScope(shield=True):
+                await collect_all([fut])  # a running sync call finishes first
+            raise
+        if fut._state == FAILED and fut._unretrieved is not None:
+            fut._mark_retrieved()
+            raise fut._value.with_traceback(fut._traceback)
 
     def interrupt_with(self, wake: Callable[[], object]) -> bool:
         self._interrupts.append(wake)
@@ -110,6 +146,8 @@ class Scope(Observer):
 
     def __enter__(self) -> Scope:
         self._open()
+        if self._task_group is not None:
+            self._attach()
         return self
 
     def __exit__(
@@ -119,6 +157,8 @@ class Scope(Observer):
         tb: TracebackType | None,
     ) -> bool:
         self._close()
+        if self._task_group is not None:
+            return False  # the task group waits for the forks, and raises their failures
         if exc is not None:
             self.cancel()
         try:
@@ -133,11 +173,18 @@ class Scope(Observer):
         import anyio
 
         self._open()
+        if self._task_group is not None:
+            self._attach()
+            return self
         self._body = anyio.CancelScope()
         self._body.__enter__()
         self._host = current_host()
         self._thread = threading.get_ident()
         return self
+
+    def _attach(self) -> None:
+        self._host = current_host()
+        self._thread = threading.get_ident()
 
     async def __aexit__(
         self,
@@ -148,6 +195,8 @@ class Scope(Observer):
         import anyio
 
         self._close()
+        if self._task_group is not None:
+            return False  # the task group waits for the forks, and raises their failures
         cancelled_exc = anyio.get_cancelled_exc_class()
         if exc is not None:
             self.cancel()  # a failing or cancelled body stops the forks, as in anyio
@@ -231,6 +280,13 @@ def _is_cancellation(exc: BaseException | None) -> bool:
         return False
 
 
+def _start_or_cancel(tg: TaskGroup, keep: Callable[[Future[Any]], Any], fut: Future[Any]) -> None:
+    try:
+        tg.start_soon(keep, fut, name=f"forkwait keeper of {fut!r}")
+    except RuntimeError:  # the task group has finished: nobody would supervise the fork
+        fut.cancel()
+
+
 def _call_in(host: Any, fn: Callable[[], object]) -> None:
     """Run ``fn()`` in the thread of ``host`` (an asyncio loop or a trio run)."""
     import asyncio
@@ -266,13 +322,22 @@ def _until_done_or_failed(futures: list[Future[Any]]) -> Future[None]:
     return settled
 
 
-def scope() -> Scope:
+def scope(*, task_group: TaskGroup | None = None) -> Scope:
     """A scope for forks: leaving it waits for every fork made inside, and raises the
     failures nobody retrieved in an ``ExceptionGroup`` (``with`` or ``async with``).
+
+    With ``task_group``, the forks belong to that anyio task group instead: each runs
+    under a task of the group, so the group waits for it, cancels it with its cancel
+    scope, and gets its failure (unless somebody awaited the fork); leaving the scope
+    then does not wait.
 
         async with forkwait.scope() as s:
             fork(crawl, site)             # forks of forks belong to the scope too
             if deadline_passed:
                 s.cancel()
+
+        async with anyio.create_task_group() as tg:
+            with forkwait.scope(task_group=tg):
+                fork(crawl, site)         # lives and dies with tg
     """
-    return Scope()
+    return Scope(task_group)

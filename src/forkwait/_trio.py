@@ -22,7 +22,7 @@ import trio
 
 from ._callables import describe
 from ._hosts import HostedTask, Slot, close_awaitable, take
-from ._state import DONE, RUNNING
+from ._state import DONE, FAILED, RUNNING
 
 if TYPE_CHECKING:
     from ._future import Future
@@ -173,6 +173,8 @@ class TrioWaiter:
         self.woken = False
 
     def __call__(self, fut: Future[Any]) -> None:
+        if fut._state == FAILED and not self.aborted:
+            fut._mark_retrieved()  # now, as asyncio's waiters do: this task will raise it
         if threading.get_ident() != self.thread:
             call_soon(self.token, self._wake)  # if the run ended, nobody is left to wake
         elif self.waiting:
