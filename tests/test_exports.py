@@ -12,6 +12,7 @@ def test_public_names_are_pinned() -> None:
     """Adding or removing a public name is a deliberate change to this list."""
     assert sorted(forkwait.__all__) == [
         "CancelledError",
+        "Configuration",
         "Future",
         "InvalidStateError",
         "Scope",

@@ -8,7 +8,7 @@ out = wait(fut)             # sync code; in async code: out = await fut
 
 from __future__ import annotations
 
-from ._config import configure
+from ._config import Configuration, configure
 from ._fork import fork
 from ._future import CancelledError, Future, InvalidStateError
 from ._scope import Scope, scope
@@ -16,6 +16,7 @@ from ._wait import collect_all, wait, wait_all
 
 __all__ = [
     "CancelledError",
+    "Configuration",
     "Future",
     "InvalidStateError",
     "Scope",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Literal, cast
+from typing import Literal, NamedTuple, cast
 
 LoopName = Literal["asyncio", "uvloop"]
 
@@ -43,16 +43,28 @@ def _reset_lock_in_child() -> None:
 os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
-def configure(max_threads: int | None = None, loop: LoopName | None = None) -> None:
-    """Set the worker thread limit and the default runtime's event loop.
+class Configuration(NamedTuple):
+    """The settings in effect, as ``configure()`` returns them."""
+
+    #: The limit of worker threads running sync calls, for each event loop.
+    max_threads: int
+    #: The default runtime's loop: the one it runs on, or will start.
+    loop: LoopName
+
+
+def configure(max_threads: int | None = None, loop: LoopName | None = None) -> Configuration:
+    """Set the worker thread limit and the default runtime's event loop; return the
+    settings in effect (``configure()`` alone reads them).
 
     An option left as ``None`` keeps its current value. ``max_threads`` bounds the
-    worker threads running sync calls (a worker blocked in ``wait`` does not count,
-    and a thread waiting on a call that has not started runs it itself); it takes
-    effect at once. ``loop`` (``"uvloop"`` or ``"asyncio"``) must be chosen before the default
-    runtime starts, which happens on the first fork from plain sync code.
+    worker threads running sync calls forked for each event loop, as anyio's thread
+    limit does (sync code and the default runtime share one limit; a worker blocked in
+    ``wait`` does not count, and a thread waiting on a call that has not started runs it
+    itself); it takes effect at once. ``loop`` (``"uvloop"`` or ``"asyncio"``) must be
+    chosen before the default runtime starts, on the first fork from plain sync code.
 
         forkwait.configure(max_threads=8, loop="asyncio")
+        forkwait.configure().max_threads    # 8
     """
     # Checked at run time too: callers without a type checker pass strings and floats.
     given = cast(object, max_threads)
@@ -70,7 +82,7 @@ def configure(max_threads: int | None = None, loop: LoopName | None = None) -> N
             )
     # Imported here, not at the top: the runtime and the pool import this module.
     from ._runtime import runtime
-    from ._threads import pool
+    from ._threads import all_pools
 
     with settings.lock:
         if loop is not None and loop != settings.loop:
@@ -83,4 +95,9 @@ def configure(max_threads: int | None = None, loop: LoopName | None = None) -> N
             settings.loop = loop
         if max_threads is not None:
             settings.max_threads = max_threads
-            pool.set_limit(max_threads)  # under the lock: concurrent calls agree
+            for pool in all_pools():
+                pool.set_limit(max_threads)  # under the lock: concurrent calls agree
+        effective_loop = runtime.running_loop_name() or settings.loop
+        if effective_loop is None:
+            effective_loop = "uvloop" if uvloop_installed() else "asyncio"
+        return Configuration(settings.max_threads, cast(LoopName, effective_loop))

@@ -26,7 +26,7 @@ from ._hosts import (
     thread_state,
 )
 from ._state import QUEUED, RUNNING
-from ._threads import pool
+from ._threads import pool, pool_for
 from ._torch import bind as bind_torch_state
 
 _CO_COROUTINE = inspect.CO_COROUTINE
@@ -98,7 +98,8 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         if host is UNRESOLVED:
             host = thread_host()
     fut._handle = [(func, args, kwargs, _copy_context(), host)]  # see take
-    pool.submit(fut)
+    # Thread limits are per event loop, as anyio's are; pool_for(host), inlined for None.
+    (pool if host is None else pool_for(host)).submit(fut)
     return fut
 
 

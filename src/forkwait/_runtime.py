@@ -53,6 +53,10 @@ class DefaultRuntime:
             return loop
         return self._start()
 
+    def current_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The runtime's loop if it runs, without starting it."""
+        return self._loop
+
     def running_loop_name(self) -> str | None:
         """``"uvloop"`` or ``"asyncio"`` while the runtime runs, else ``None``."""
         return self._loop_name if self._loop is not None else None

@@ -18,6 +18,7 @@ import inspect
 import os
 import sys
 import threading
+import weakref
 from _thread import allocate_lock
 from asyncio import events as _events
 from collections import deque
@@ -104,7 +105,6 @@ class WorkerPool:
         self.idle_seconds = IDLE_SECONDS
         self._generation = 0
         self._reset()
-        os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
         # Also the whole state of a child after os.fork: the parent's workers do not
@@ -243,7 +243,47 @@ class WorkerPool:
             self._running += 1
 
 
+#: The pool of plain sync code and of the default runtime's loop.
 pool = WorkerPool(settings.max_threads)
+# The pools of other event loops (and trio runs), by id(); anyio limits threads per
+# loop too. An entry goes when its loop is collected (see _add_pool).
+_loop_pools: dict[int, WorkerPool] = {}
+
+
+def pool_for(host: Host) -> WorkerPool:
+    """The pool whose thread limit a sync call forked for ``host`` counts against."""
+    if host is None:
+        return pool
+    found = _loop_pools.get(id(host))
+    return found if found is not None else _add_pool(host)
+
+
+def _add_pool(host: Host) -> WorkerPool:
+    from ._runtime import runtime
+
+    with settings.lock:
+        key = id(host)
+        found = _loop_pools.get(key)
+        if found is None:
+            # The default runtime's loop shares the pool of the sync code it serves.
+            found = pool if host is runtime.current_loop() else WorkerPool(settings.max_threads)
+            _loop_pools[key] = found
+            weakref.finalize(host, _loop_pools.pop, key, None)  # before id() can be reused
+        return found
+
+
+def all_pools() -> list[WorkerPool]:
+    """Every pool, for ``configure(max_threads=...)``."""
+    return [pool, *(p for p in list(_loop_pools.values()) if p is not pool)]
+
+
+def _reset_after_fork() -> None:
+    # The parent's loops and their workers do not exist in the child.
+    _loop_pools.clear()
+    pool._reset()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def block_until_done(
