@@ -50,3 +50,29 @@ def test_torch_ensemble_gives_the_sequential_outputs_from_sync_and_async_code() 
         r"forked from (?:sync code|async handler): +[\d.]+ ms \(([\d.]+)x\)", result.stdout
     )
     assert len(speedups) == 2, result.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_anyio_app_runs_on_both_backends(backend: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            str(ROOT / "examples" / "anyio_app.py"),
+            "--backend",
+            backend,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"running on {backend}" in out
+    assert "task group: report checksum=668, report detail after 0.05s" in out
+    assert "deadline: hit=True, quick='quick after 0.05s', slow cancelled=True" in out
+    assert "scope raised: ['order 7 was refused']" in out
+    assert "sibling cancelled=True" in out
