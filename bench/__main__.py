@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from . import async_caller, fib, imports, sync_caller, torch_ensemble
+from . import async_caller, fib, imports, scopes, sync_caller, torch_ensemble
 from ._harness import Config, Row, Scenario, format_table, progress, run_scenario
 
 
@@ -18,6 +18,7 @@ def all_scenarios() -> list[Scenario]:
         *sync_caller.scenarios(),
         *fib.scenarios(),
         *imports.scenarios(),
+        *scopes.scenarios(),
         *torch_ensemble.scenarios(),  # last: it imports torch
     ]
 

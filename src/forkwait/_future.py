@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
 from ._callables import describe
-from ._hooks import get_observer
+from ._hooks import Observer, get_observer
 from ._hosts import HostedTask, Slot, take, trio_token
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from ._threads import block_until_done
@@ -220,25 +220,49 @@ class Future(Generic[T]):
                     "await on a forkwait.Future needs a running event loop (asyncio or "
                     "trio) in this thread; from sync code use forkwait.wait(fut)"
                 )
-            waiter: asyncio.Future[T] = loop.create_future()
-            observer = get_observer()
-            if observer is not None:
-                stopped = observer.waiting(self)
-                if stopped is not None:
-                    waiter.add_done_callback(lambda _: stopped())
-            # The waiter receives the outcome itself (see _settle), so awaiting it is all
-            # there is to do: no generator of ours stays on the stack, and if the
-            # awaiting task is cancelled, only the waiter is, never the call.
-            if not self._add_waiter(waiter):
-                self._settle(waiter)  # finished meanwhile
-            return waiter.__await__()
+            if type(self._handle) is _Task and get_observer() is None:
+                # Its task is on this loop's ready queue: let it run first, as it often
+                # finishes in that one step, and then the value is there after one turn
+                # of the loop instead of two.
+                return self._after_one_turn(loop)
+            return self._wait_on(loop)
         return self._outcome_now()
+
+    def _after_one_turn(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
+        yield  # a bare yield: the awaiting task steps again after the ones queued now
+        if self._state == DONE:
+            return cast(T, self._value)
+        if self._state > DONE:
+            return self._outcome()
+        return (yield from self._wait_on(loop))
+
+    def _wait_on(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
+        """Await the outcome through a waiter future of ``loop``."""
+        waiter: asyncio.Future[T] = loop.create_future()
+        observer = get_observer()
+        if observer is not None:
+            stopped = observer.waiting(self)
+            if stopped is not None:
+                waiter.add_done_callback(lambda _: stopped())
+        # The waiter receives the outcome itself (see _settle), so awaiting it is all
+        # there is to do: no generator of ours stays on the stack, and if the
+        # awaiting task is cancelled, only the waiter is, never the call.
+        if not self._add_waiter(waiter):
+            self._settle(waiter)  # finished meanwhile
+        return waiter.__await__()
 
     def _await_in_trio(self) -> Generator[Any, None, T]:
         from ._trio import wait_in_trio
 
         observer = get_observer()
-        stopped = observer.waiting(self) if observer is not None else None
+        if observer is None:
+            return wait_in_trio(self).__await__()
+        return self._observed_await_in_trio(observer)
+
+    def _observed_await_in_trio(self, observer: Observer) -> Generator[Any, None, T]:
+        from ._trio import wait_in_trio
+
+        stopped = observer.waiting(self)
         try:
             return cast(T, (yield from wait_in_trio(self).__await__()))
         finally:

@@ -57,9 +57,20 @@ def trio_token() -> TrioToken | None:
     """The trio run in this thread, if trio runs here (and so is imported)."""
     if "trio" not in _modules:
         return None
-    from ._trio import current_token
+    trio_host = _trio_host if _trio_host is not None else _load_trio_host()
+    token: TrioToken | None = trio_host.current_token()
+    return token
 
-    return current_token()
+
+_trio_host: Any = None  # forkwait._trio, once trio is in use
+
+
+def _load_trio_host() -> Any:
+    global _trio_host
+    from . import _trio
+
+    _trio_host = _trio
+    return _trio
 
 
 def thread_host() -> Host:
@@ -163,9 +174,8 @@ def spawn(
     from there (this, or ``cancel()``) decides; otherwise the caller already owns ``fut``.
     """
     if host is not None and not isinstance(host, asyncio.AbstractEventLoop):
-        from ._trio import spawn as spawn_in_trio
-
-        spawn_in_trio(host, fut, awaitable, context, queued)
+        trio_host = _trio_host if _trio_host is not None else _load_trio_host()
+        trio_host.spawn(host, fut, awaitable, context, queued)
         return
     loop = host if host is not None else runtime.loop()
     if loop is _get_running_loop():
