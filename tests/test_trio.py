@@ -173,3 +173,15 @@ def test_a_call_outliving_its_trio_run_cannot_fork_back_into_it() -> None:
     release.set()
     with pytest.raises(RuntimeError, match=r"its trio run .* has ended"):
         wait(fut)
+
+
+def test_an_anyio_worker_thread_forks_back_onto_its_trio_run() -> None:
+    """A thread of anyio.to_thread.run_sync works for the run that started it (rule 2)."""
+    import anyio
+
+    async def main() -> None:
+        mine = trio.lowlevel.current_trio_token()
+        token = await anyio.to_thread.run_sync(lambda: wait(fork(current_token)))
+        assert token is mine
+
+    anyio.run(main, backend="trio")
