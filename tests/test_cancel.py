@@ -7,6 +7,9 @@ import threading
 import time
 from typing import Any
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
 
 import forkwait
@@ -15,16 +18,16 @@ from forkwait import fork, wait
 pytestmark = pytest.mark.timeout(20)
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_cancelling_a_pending_task_cancels_it() -> None:
     """cancel() on a running task returns True; waiting raises forkwait.CancelledError."""
-    started = asyncio.Event()
+    started = anyio.Event()
     finished = False
 
     async def forever() -> None:
         nonlocal finished
         started.set()
-        await asyncio.sleep(3600)
+        await anyio.sleep(3600)
         finished = True
 
     fut = fork(forever)
@@ -102,7 +105,7 @@ def test_cancel_after_completion_returns_false() -> None:
     assert fut.result() == 1
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_a_coroutine_queued_for_another_loop_is_cancelled_before_it_starts() -> None:
     """A coroutine forked from a worker thread and cancelled at once never runs."""
     ran = False
@@ -124,25 +127,33 @@ async def test_a_coroutine_queued_for_another_loop_is_cancelled_before_it_starts
     assert forked_and_cancelled.wait(timeout=10)
     assert await fut is True
     for _ in range(3):
-        await asyncio.sleep(0)  # let the loop run whatever was scheduled
+        await anyio.lowlevel.checkpoint()  # let the loop run whatever was scheduled
     assert ran is False
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_cancelling_the_awaiter_leaves_the_forked_call_running() -> None:
     """Outside a scope, cancelling the code that awaits a future does not cancel the call."""
-    gate = asyncio.Event()
+    gate = anyio.Event()
+    cancelled: list[BaseException] = []
 
     async def slow() -> str:
         await gate.wait()
         return "survived"
 
+    async def awaiter(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await fut
+        except anyio.get_cancelled_exc_class() as exc:
+            cancelled.append(exc)
+            raise
+
     fut = fork(slow)
-    awaiter = asyncio.ensure_future(fut)  # type: ignore[arg-type]
-    await asyncio.sleep(0)
-    awaiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await awaiter
+    async with anyio.create_task_group() as tg:
+        await tg.start(awaiter)  # which is suspended in `await fut` once this returns
+        tg.cancel_scope.cancel()
+    assert len(cancelled) == 1
     assert not fut.done()
     gate.set()
     assert await fut == "survived"

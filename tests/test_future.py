@@ -7,6 +7,10 @@ import logging
 import threading
 from typing import Any
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 import forkwait
@@ -23,6 +27,11 @@ def gated(gate: threading.Event, value: Any) -> Any:
 
 def fail(exc: BaseException) -> None:
     raise exc
+
+
+async def echo(value: Any) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return value
 
 
 def test_done_and_cancelled_report_state_without_blocking() -> None:
@@ -62,10 +71,10 @@ def test_exception_waits_with_a_timeout() -> None:
     assert fut.exception() is None
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_await_gives_the_value_or_raises() -> None:
     """`await fut` is the async form of result()."""
-    assert await fork(asyncio.sleep, 0, "v") == "v"
+    assert await fork(echo, "v") == "v"
     with pytest.raises(KeyError):
         await fork(fail, KeyError("k"))
 
@@ -140,19 +149,26 @@ def test_a_future_on_loop_a_is_awaited_on_loop_b_and_waited_on_in_a_third_thread
         loop_a.close()
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_a_default_runtime_future_is_awaited_from_the_callers_loop() -> None:
     """A future forked from a plain thread (default runtime) is awaitable on this loop."""
     made: list[Future[int]] = []
+    gate = threading.Event()
 
     async def seven() -> int:
-        await asyncio.sleep(0.01)
+        await anyio.to_thread.run_sync(gate.wait, 10)
         return 7
+
+    async def release() -> None:
+        gate.set()
 
     thread = threading.Thread(target=lambda: made.append(fork(seven)))
     thread.start()
     thread.join()
-    assert await made[0] == 7
+    assert not made[0].done()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release)  # runs once this task is suspended in the await below
+        assert await made[0] == 7
 
 
 def test_then_chains_a_value() -> None:
@@ -190,10 +206,10 @@ def test_then_with_a_coroutine_function_awaits_it() -> None:
     assert wait(fork(abs, -4).then(describe)) == "got 4"
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_then_is_awaitable_from_async_code() -> None:
     """The chained future is an ordinary Future: await it."""
-    assert await fork(asyncio.sleep, 0, 2).then(lambda f: f.result() + 1) == 3
+    assert await fork(echo, 2).then(lambda f: f.result() + 1) == 3
 
 
 def test_add_done_callback_on_a_done_future_runs_at_once() -> None:
@@ -295,22 +311,29 @@ def test_a_failure_reaches_an_awaiter_on_another_loop(loop_factory: Any) -> None
         loop.close()
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_awaiting_a_cancelled_future_raises_forkwait_cancelled_error() -> None:
     """Both a pending awaiter and a later one get forkwait.CancelledError, not asyncio's."""
-    started = asyncio.Event()
+    started = anyio.Event()
+    woken: list[BaseException] = []
 
     async def forever() -> None:
         started.set()
-        await asyncio.sleep(3600)
+        await anyio.sleep(3600)
+
+    async def awaiter(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        with pytest.raises(forkwait.CancelledError) as info:
+            await wait(fut)  # type: ignore[misc]
+        woken.append(info.value)
 
     fut = fork(forever)
     await started.wait()
-    awaiter = asyncio.ensure_future(wait(fut))  # type: ignore[arg-type]
-    await asyncio.sleep(0)
-    fut.cancel()
-    with pytest.raises(forkwait.CancelledError):
-        await awaiter
+    async with anyio.create_task_group() as tg:
+        await tg.start(awaiter)  # which is suspended in its wait once this returns
+        assert fut.cancel() is True
+    assert len(woken) == 1
+    assert not isinstance(woken[0], anyio.get_cancelled_exc_class())
     with pytest.raises(forkwait.CancelledError):
         await fut
 
@@ -326,17 +349,24 @@ async def test_keyboard_interrupt_reaches_an_async_awaiter() -> None:
         await fork(interrupted)
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_many_awaiters_on_one_loop_share_one_value() -> None:
     """Several tasks awaiting one pending future all get its value."""
-    gate = asyncio.Event()
+    gate = anyio.Event()
+    results: list[str] = []
 
     async def gated() -> str:
         await gate.wait()
         return "shared"
 
+    async def awaiter(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        results.append(await wait(fut))  # type: ignore[arg-type]
+
     fut = fork(gated)
-    awaiters = [asyncio.ensure_future(wait(fut)) for _ in range(5)]  # type: ignore[arg-type]
-    await asyncio.sleep(0)
-    gate.set()
-    assert await asyncio.gather(*awaiters) == ["shared"] * 5
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            await tg.start(awaiter)  # each is suspended in its wait once this returns
+        assert not fut.done()
+        gate.set()
+    assert results == ["shared"] * 5

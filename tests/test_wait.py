@@ -7,6 +7,8 @@ import gc
 import threading
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -25,6 +27,11 @@ async def gated_async(gate: threading.Event, value: Any) -> Any:
     return value
 
 
+async def echo(value: Any) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return value
+
+
 def test_wait_blocks_in_sync_code_until_the_value_arrives() -> None:
     """wait returns the value once the call finishes, not before."""
     gate = threading.Event()
@@ -35,19 +42,19 @@ def test_wait_blocks_in_sync_code_until_the_value_arrives() -> None:
     assert fut.done()
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_wait_is_awaitable_in_async_code() -> None:
     """In async code wait returns an awaitable; awaiting it gives the value."""
-    fut = fork(asyncio.sleep, 0, "v")
+    fut = fork(echo, "v")
     pending = wait(fut)
     assert not isinstance(pending, str)
     assert await pending == "v"  # type: ignore[misc]
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_a_wait_never_awaited_warns() -> None:
     """Forgetting `await` before wait in async code gives a RuntimeWarning that says so."""
-    fut = fork(asyncio.sleep, 0, "v")
+    fut = fork(echo, "v")
 
     def forget_to_await() -> None:
         wait(fut)  # the awaitable is dropped here
@@ -58,10 +65,10 @@ async def test_a_wait_never_awaited_warns() -> None:
     await fut
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_the_awaitable_from_wait_is_awaited_once() -> None:
     """Awaiting the same wait() twice is an error, as for a coroutine."""
-    fut = fork(asyncio.sleep, 0, 1)
+    fut = fork(echo, 1)
     pending: Any = wait(fut)
     await pending
     with pytest.raises(RuntimeError, match="only once"):
@@ -89,10 +96,10 @@ def test_sync_timeout_on_a_task_of_the_default_runtime() -> None:
     assert wait(fut) == "late"
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_async_timeout_raises_timeout_error_and_the_call_completes() -> None:
     """`await wait(fut, timeout)` raises TimeoutError; the task is not cancelled."""
-    gate = asyncio.Event()
+    gate = anyio.Event()
 
     async def slow() -> str:
         await gate.wait()
@@ -143,15 +150,20 @@ def test_wait_all_keeps_order_in_sync_code() -> None:
     assert wait_all(futs) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_wait_all_keeps_order_in_async_code() -> None:
     """The async form of wait_all gives the values in order too, sync and async mixed."""
+    last_may_finish = anyio.Event()
 
-    async def after(delay: float, value: int) -> int:
-        await asyncio.sleep(delay)
+    async def last(value: int) -> int:
+        await last_may_finish.wait()
         return value
 
-    futs: list[Future[int]] = [fork(after, 0.03, 0), fork(abs, -1), fork(after, 0.0, 2)]
+    async def first(value: int) -> int:
+        last_may_finish.set()
+        return value
+
+    futs: list[Future[int]] = [fork(last, 0), fork(abs, -1), fork(first, 2)]
     assert await wait_all(futs) == [0, 1, 2]  # type: ignore[misc]
 
 
@@ -175,10 +187,10 @@ def test_wait_all_timeout_bounds_the_whole_wait() -> None:
     assert wait_all(futs, timeout=10) == [1, 2]
 
 
-@pytest.mark.asyncio
+@pytest.mark.anyio
 async def test_wait_all_async_timeout() -> None:
     """The async wait_all raises TimeoutError too."""
-    gate = asyncio.Event()
+    gate = anyio.Event()
     fut = fork(gate.wait)
     with pytest.raises(TimeoutError):
         await wait_all([fut], timeout=0.05)  # type: ignore[misc]
