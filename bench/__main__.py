@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from . import async_caller, fib, imports, scopes, sync_caller, torch_ensemble
+from . import async_caller, fib, imports, scopes, sync_caller, torch_ensemble, tracing
 from ._harness import Config, Row, Scenario, format_table, progress, run_scenario
 
 
@@ -19,6 +19,7 @@ def all_scenarios() -> list[Scenario]:
         *fib.scenarios(),
         *imports.scenarios(),
         *scopes.scenarios(),
+        *tracing.scenarios(),
         *torch_ensemble.scenarios(),  # last: it imports torch
     ]
 

@@ -50,7 +50,9 @@ def max_threads() -> Iterator[Any]:
     forkwait.configure(max_threads=DEFAULT_MAX_THREADS)
 
 
-def run_script(source: str, *, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def run_script(
+    source: str, *, timeout: float = 30.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``source`` in a fresh interpreter that imports this checkout's forkwait."""
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
@@ -59,5 +61,6 @@ def run_script(source: str, *, timeout: float = 30.0) -> subprocess.CompletedPro
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
         check=False,
     )

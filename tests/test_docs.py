@@ -27,7 +27,7 @@ def test_the_docs_have_code_to_check() -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("source", code_blocks())
-def test_code_block_runs(source: str) -> None:
-    result = run_script(source, timeout=80)
+def test_code_block_runs(source: str, tmp_path: Path) -> None:
+    result = run_script(source, timeout=80, cwd=tmp_path)  # files it writes go there
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr, result.stderr

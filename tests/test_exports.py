@@ -16,10 +16,12 @@ def test_public_names_are_pinned() -> None:
         "Future",
         "InvalidStateError",
         "Scope",
+        "Trace",
         "collect_all",
         "configure",
         "fork",
         "scope",
+        "trace",
         "wait",
         "wait_all",
     ]

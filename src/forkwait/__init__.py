@@ -12,6 +12,7 @@ from ._config import Configuration, configure
 from ._fork import fork
 from ._future import CancelledError, Future, InvalidStateError
 from ._scope import Scope, scope
+from ._trace import Trace, trace
 from ._wait import collect_all, wait, wait_all
 
 __all__ = [
@@ -20,10 +21,12 @@ __all__ = [
     "Future",
     "InvalidStateError",
     "Scope",
+    "Trace",
     "collect_all",
     "configure",
     "fork",
     "scope",
+    "trace",
     "wait",
     "wait_all",
 ]
