@@ -110,8 +110,9 @@ def test_a_loops_pool_goes_with_the_loop(loop_factory: Any) -> None:
     loop = loop_factory()
     key = id(loop)
     assert loop.run_until_complete(fork_a_sync_call()) == 3
-    assert key in _loop_pools
+    loops_pool = _loop_pools[key]
     loop.close()
     del loop
     gc.collect()
     assert key not in _loop_pools
+    assert loops_pool._limit == 0, "its idle workers were let go, as anyio's are"

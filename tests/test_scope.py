@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 import forkwait
@@ -172,6 +173,43 @@ async def test_forks_made_after_cancel_are_cancelled_at_once() -> None:
     assert late.cancelled()
 
 
+def test_sync_calls_forked_after_cancel_never_run() -> None:
+    """Even with idle workers ready to take them before cancel() reaches them."""
+    wait(fork(sum, [1]))  # an idle worker exists
+    ran: list[int] = []
+    with forkwait.scope() as s:
+        s.cancel()
+        late = [fork(ran.append, i) for i in range(20)]
+    assert all(fut.cancelled() for fut in late)
+    assert ran == []
+
+
+@pytest.mark.anyio
+async def test_exception_in_a_cancelled_scope_gets_cancelled_error_too() -> None:
+    never = threading.Event()
+    outside = fork(never.wait, 20)
+    blocked = threading.Event()
+
+    def asks_for_its_exception() -> Any:
+        blocked.set()
+        return outside.exception()
+
+    async with forkwait.scope() as s:
+        waiter = fork(asks_for_its_exception)
+        await anyio.to_thread.run_sync(blocked.wait, 10)
+        s.cancel()
+    assert waiter.cancelled()
+    never.set()
+    assert await outside is True
+
+
+def test_a_long_lived_scope_forgets_finished_forks() -> None:
+    with forkwait.scope() as s:
+        for i in range(300):
+            assert wait(fork(abs, -i)) == i
+        assert len(s._futures) < 300
+
+
 def test_a_sync_scope_nested_in_forked_calls_cannot_starve_one_thread(max_threads: Any) -> None:
     """A worker waiting at the end of its scope gives its thread back (no deadlock)."""
     max_threads(1)
@@ -227,13 +265,32 @@ async def test_a_failing_fork_fails_the_task_group_like_its_own_tasks() -> None:
     assert not other_task_ran
 
 
+async def fails_at_once() -> None:
+    raise ValueError("at once")
+
+
 @pytest.mark.anyio
 async def test_an_awaited_failure_is_not_raised_into_the_task_group() -> None:
     async with anyio.create_task_group() as tg:
         with forkwait.scope(task_group=tg):
+            failing_at_once = fork(fails_at_once)  # fails in its first step
+        with pytest.raises(ValueError, match="at once"):
+            await failing_at_once  # awaited before it ran: the failure is the body's
+        with forkwait.scope(task_group=tg):
             failing = fork(fails, "mine")
         with pytest.raises(ValueError, match="mine"):
             await failing
+
+
+@pytest.mark.anyio
+async def test_a_scope_attached_from_a_worker_thread_hands_its_forks_to_the_loop() -> None:
+    def in_a_worker(tg: anyio.abc.TaskGroup) -> Future[Any]:
+        with forkwait.scope(task_group=tg):
+            return fork(nap, "from a worker", 0.01)
+
+    async with anyio.create_task_group() as tg:
+        fut = await anyio.to_thread.run_sync(in_a_worker, tg)
+    assert await fut == "from a worker"
 
 
 @pytest.mark.anyio

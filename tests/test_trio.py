@@ -185,3 +185,24 @@ def test_an_anyio_worker_thread_forks_back_onto_its_trio_run() -> None:
         assert token is mine
 
     anyio.run(main, backend="trio")
+
+
+def test_a_fork_with_a_nursery_cancelled_at_the_end_of_the_run_is_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """trio cancels the nursery inside too: a group of cancellations, not a failure."""
+
+    async def with_a_nursery() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+
+    async def main() -> forkwait.Future[None]:
+        fut = fork(with_a_nursery)
+        await trio.sleep(0.01)
+        return fut
+
+    with caplog.at_level(logging.WARNING, logger="forkwait"):
+        left = trio.run(main)
+    assert left.cancelled()
+    assert "fork(test_a_fork_with_a_nursery" in caplog.text
+    assert "never retrieved" not in caplog.text

@@ -154,6 +154,11 @@ class Future(Generic[T]):
             unretrieved.exc = None  # before it is dropped, so that it does not log
             self._unretrieved = None
 
+    def _restore_unretrieved(self) -> None:
+        """A waiter that took the failure gave up before raising it: report it again."""
+        if self._state == FAILED and self._unretrieved is None:
+            self._unretrieved = _Unretrieved(self._value, describe(self._func))
+
     def _cancelled_error(self) -> CancelledError:
         return CancelledError(f"fork({describe(self._func)}) was cancelled")
 
@@ -175,7 +180,7 @@ class Future(Generic[T]):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Block until the call finishes; its exception, or ``None`` if it returned."""
         if self._state < DONE:
-            block_until_done(self, timeout, "exception")
+            block_until_done(self, timeout, "exception", get_observer())
         state = self._state
         if state == CANCELLED:
             raise self._cancelled_error()
@@ -229,12 +234,31 @@ class Future(Generic[T]):
         return self._outcome_now()
 
     def _after_one_turn(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
-        yield  # a bare yield: the awaiting task steps again after the ones queued now
-        if self._state == DONE:
-            return cast(T, self._value)
-        if self._state > DONE:
+        waiter: asyncio.Future[T] = loop.create_future()
+        if not self._add_waiter(waiter):
             return self._outcome()
-        return (yield from self._wait_on(loop))
+        # Registered first, so that a failure is handed to this waiter (and counts as
+        # retrieved) even if it comes during the turn.
+        try:
+            yield  # a bare yield: the awaiting task steps again after the ones queued now
+        except BaseException:  # the awaiting task was cancelled during the turn
+            self._abandon(waiter)
+            raise
+        if waiter.done():
+            return waiter.result()
+        try:
+            return (yield from waiter)
+        except asyncio.CancelledError:
+            self._abandon(waiter)  # cancelled, maybe just after the waiter got the outcome
+            raise
+
+    def _abandon(self, waiter: asyncio.Future[Any]) -> None:
+        """The awaiting task stopped (cancelled): if the failure was handed to its waiter,
+        nobody raises it now, so it is unretrieved again."""
+        self._remove_waiter(waiter)
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is not None:
+            self._restore_unretrieved()
+        waiter.cancel()
 
     def _wait_on(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
         """Await the outcome through a waiter future of ``loop``."""
@@ -448,6 +472,8 @@ class Future(Generic[T]):
     def _wake_one(self, waiter: Any) -> None:
         """Wake a blocked thread, an awaiting task or a done callback, in that order of cost."""
         if type(waiter) is _LockType:
+            if self._state == FAILED:
+                self._mark_retrieved()  # the blocked thread raises it (see block)
             waiter.release()
         elif isinstance(waiter, _AsyncioFuture):
             future: asyncio.Future[Any] = waiter  # pyright: ignore[reportUnknownVariableType]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ._callables import describe
 from ._hooks import Observer, current_observer, install
 from ._hosts import Slot, current_host, take
 from ._state import FAILED, QUEUED, RUNNING
@@ -40,6 +41,7 @@ class Scope(Observer):
         "_futures",
         "_host",
         "_interrupts",
+        "_lock",
         "_task_group",
         "_thread",
         "_token",
@@ -48,6 +50,7 @@ class Scope(Observer):
     def __init__(self, task_group: TaskGroup | None = None) -> None:
         self._task_group = task_group
         self._futures: list[Future[Any]] = []
+        self._lock = threading.Lock()  # appends and pruning of _futures
         self._interrupts: list[Callable[[], object]] = []
         self._cancelled = False
         self._token: contextvars.Token[Observer | None] | None = None
@@ -85,15 +88,38 @@ class Scope(Observer):
             wake()
         body = self._body
         if body is not None:
-            if threading.get_ident() == self._thread:
+            if _in_host_thread(self._host):
                 body.cancel()
             else:
                 _call_in(self._host, body.cancel)
 
     # -- the observer: forks of the scope, and waits that its cancellation interrupts --
 
+    def forked(self, func: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
+        if is_async:
+            return func  # a task that is cancelled before its first step never starts
+        # A sync call may be taken by a worker before cancel() reaches it (and a task
+        # group's cancellation reaches the scope only when its tasks run): check at start.
+        tg = self._task_group
+
+        def unless_cancelled(*args: Any, **kwargs: Any) -> Any:
+            if self._cancelled or (tg is not None and _cancel_called(tg)):
+                raise _cancelled_error(func)
+            return func(*args, **kwargs)
+
+        unless_cancelled.__qualname__ = describe(func)
+        unless_cancelled.__name__ = getattr(func, "__name__", unless_cancelled.__qualname__)
+        return unless_cancelled
+
     def created(self, fut: Future[Any]) -> None:
-        self._futures.append(fut)
+        with self._lock:
+            futures = self._futures
+            futures.append(fut)
+            count = len(futures)
+            if count >= 64 and count & (count - 1) == 0:
+                # At 64, 128, 256...: forget forks that are done and owe nothing (no
+                # failure left to raise), so a long-lived scope holds no finished values.
+                self._futures = [f for f in futures if not f.done() or _owes_failure(f)]
         if self._cancelled:
             fut.cancel()
         elif self._task_group is not None:
@@ -105,9 +131,9 @@ class Scope(Observer):
         """Give ``fut`` a task in the task group that lives and dies with it."""
         tg = self._task_group
         assert tg is not None
-        if threading.get_ident() == self._thread:
+        if _in_host_thread(self._host):
             _start_or_cancel(tg, self._keep, fut)
-        else:  # a nested fork in a worker thread: task groups are not thread-safe
+        else:  # a worker thread (nested fork, or a scope entered there): not thread-safe
             _call_in(self._host, lambda: _start_or_cancel(tg, self._keep, fut))
 
     async def _keep(self, fut: Future[Any]) -> None:
@@ -237,9 +263,11 @@ class Scope(Observer):
     def _settling(self) -> Future[None] | None:
         """A future done once every pending fork is done, or one fails unretrieved;
         ``None`` if none is pending. A failure nobody retrieved cancels the others first."""
+        # Pending first: a fork that fails after this list is made is in it, and its
+        # failure then finishes the future returned (no wake-up lost in between).
+        pending = [fut for fut in list(self._futures) if not fut.done()]
         if not self._cancelled and self._failures(mark=False):
             self.cancel()
-        pending = [fut for fut in list(self._futures) if not fut.done()]
         if not pending:
             return None
         return _until_done_or_failed(pending)
@@ -280,11 +308,51 @@ def _is_cancellation(exc: BaseException | None) -> bool:
         return False
 
 
+def _owes_failure(fut: Future[Any]) -> bool:
+    return fut._state == FAILED and fut._unretrieved is not None
+
+
+def _cancel_called(tg: TaskGroup) -> bool:
+    try:
+        return tg.cancel_scope.cancel_called
+    except RuntimeError:  # trio reads its clock for a deadline, only in its own thread
+        return False
+
+
+def _cancelled_error(func: Callable[..., Any]) -> BaseException:
+    from ._future import CancelledError
+
+    return CancelledError(f"fork({describe(func)}) was cancelled with its scope before it started")
+
+
+def _in_host_thread(host: Any) -> bool:
+    """Whether this thread runs ``host`` (an asyncio loop, or a trio run's token)."""
+    from asyncio import events
+
+    from ._hosts import trio_token
+
+    if host is None:
+        return False
+    return events._get_running_loop() is host or trio_token() is host
+
+
 def _start_or_cancel(tg: TaskGroup, keep: Callable[[Future[Any]], Any], fut: Future[Any]) -> None:
     try:
         tg.start_soon(keep, fut, name=f"forkwait keeper of {fut!r}")
     except RuntimeError:  # the task group has finished: nobody would supervise the fork
         fut.cancel()
+
+
+def _as_asyncio(fn: Callable[[], object]) -> None:
+    # A callback from another thread runs in that thread's context, where sniffio (and
+    # so anyio) cannot tell that asyncio runs it: say so, for this callback only.
+    import sniffio
+
+    token = sniffio.current_async_library_cvar.set("asyncio")
+    try:
+        fn()
+    finally:
+        sniffio.current_async_library_cvar.reset(token)
 
 
 def _call_in(host: Any, fn: Callable[[], object]) -> None:
@@ -293,7 +361,7 @@ def _call_in(host: Any, fn: Callable[[], object]) -> None:
 
     if isinstance(host, asyncio.AbstractEventLoop):
         try:
-            host.call_soon_threadsafe(fn)
+            host.call_soon_threadsafe(_as_asyncio, fn)
         except RuntimeError:
             pass  # its loop is closed: the body is long gone
     elif host is not None:

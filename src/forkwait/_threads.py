@@ -14,6 +14,7 @@ thread count, which changes when a worker starts, retires, blocks or unblocks.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 import sys
@@ -36,7 +37,7 @@ from ._hosts import (
     thread_state,
     trio_token,
 )
-from ._state import DONE, QUEUED, RUNNING
+from ._state import DONE, FAILED, QUEUED, RUNNING
 from ._torch import bind_inline as bind_torch_inline
 from ._torch import clean_up as clean_torch_state
 
@@ -120,6 +121,19 @@ class WorkerPool:
         # Changes on os.fork: a worker that forked the process (from inside a call)
         # must not go on serving the parent's queue in the child.
         self._generation += 1
+
+    def close(self) -> None:
+        """Let the idle workers go now (their loop is gone, or the interpreter exits);
+        a worker in a call finishes it first, and later calls run in their waiter.
+
+        Takes no lock: it may run from a garbage collection, in any thread, at any point.
+        """
+        self._limit = 0  # one store: workers then retire (see _work)
+        while True:
+            try:
+                self._parked.pop().release()
+            except IndexError:
+                break
 
     def set_limit(self, limit: int) -> None:
         with self._lock:
@@ -268,8 +282,28 @@ def _add_pool(host: Host) -> WorkerPool:
             # The default runtime's loop shares the pool of the sync code it serves.
             found = pool if host is runtime.current_loop() else WorkerPool(settings.max_threads)
             _loop_pools[key] = found
-            weakref.finalize(host, _loop_pools.pop, key, None)  # before id() can be reused
+            weakref.finalize(host, _drop_pool, key)  # before id() can be reused
         return found
+
+
+def _drop_pool(key: int) -> None:
+    dropped = _loop_pools.pop(key, None)
+    if dropped is not None and dropped is not pool:
+        dropped.close()  # as anyio stops a loop's worker threads with the loop
+
+
+def _close_at_exit() -> None:
+    # Idle workers are daemon threads; ended now, none is left to wake up while the
+    # interpreter (and the C++ of extension modules such as torch) is being torn down.
+    for each in all_pools():
+        each.close()
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and thread.name.startswith("forkwait-worker-"):
+            thread.join(timeout=0.2)
+
+
+atexit.register(_close_at_exit)
 
 
 def all_pools() -> list[WorkerPool]:
@@ -301,27 +335,33 @@ def block_until_done(
         block_interruptibly(fut, timeout, observer)
 
 
+def run_inline(fut: Future[Any]) -> bool:
+    """Rule 1: run ``fut``'s queued sync call in this thread, rather than wait for a worker
+    that may never come; ``False`` if somebody took it first, or the stack is deep."""
+    handle: Any = fut._handle
+    depth = get_call_frame()[1]
+    if type(handle) is not list or depth >= MAX_INLINE_DEPTH:
+        return False
+    try:
+        call: Call = cast("Call", handle.pop())  # take(fut), inlined
+    except IndexError:
+        return False
+    fut._state = RUNNING
+    if "torch" in _modules:  # this thread's torch state may not be the forker's
+        func, args, kwargs, context, host = call
+        call = (bind_torch_inline(func), args, kwargs, context, host)
+    run_call(fut, call, depth + 1)
+    return True
+
+
 def block(fut: Future[Any], timeout: float | None) -> None:
     """``block_until_done`` for a caller that knows no loop runs in this thread."""
     if timeout is None and fut._state == QUEUED:
         handle: Any = fut._handle
-        depth = get_call_frame()[1]
         # A plain list holds a sync call (a Slot holds what a thread must not run).
-        if type(handle) is list and depth < MAX_INLINE_DEPTH:
-            try:
-                call: Call | None = cast("Call", handle.pop())  # take(fut), inlined
-            except IndexError:
-                call = None
-            if call is not None:
-                # Rule 1: nobody has started it, so run it here rather than wait for a
-                # worker that may never come.
-                fut._state = RUNNING
-                if "torch" in _modules:  # this thread's torch state may not be the forker's
-                    func, args, kwargs, context, host = call
-                    call = (bind_torch_inline(func), args, kwargs, context, host)
-                run_call(fut, call, depth + 1)
-                if fut._state >= DONE:
-                    return
+        if type(handle) is list:
+            if run_inline(fut) and fut._state >= DONE:
+                return
         elif isinstance(handle, Members):
             # Made of other futures: wait for each in turn, so that queued ones run here
             # (rule 1) rather than each blocked level of a nesting starting a new thread.
@@ -331,7 +371,7 @@ def block(fut: Future[Any], timeout: float | None) -> None:
                 members = []
             for member in members:
                 if member._state < DONE:
-                    block(member, None)
+                    _wait_for_member(member)
     waiter = allocate_lock()
     waiter.acquire()
     if not fut._add_waiter(waiter):
@@ -355,18 +395,23 @@ def block(fut: Future[Any], timeout: float | None) -> None:
 class _WakeOnce:
     """A blocked thread's wake-up that both its future and its scope may pull: once."""
 
-    __slots__ = ("lock", "pulls")
+    __slots__ = ("lock", "pulls", "retrieving")
 
-    def __init__(self) -> None:
+    def __init__(self, retrieving: bool = True) -> None:
         self.lock = allocate_lock()
         self.lock.acquire()
         self.pulls = [None]  # list.pop is atomic: one puller finds it
+        #: The woken thread raises the future's failure (a wait does; a wait for the
+        #: members of collect_all does not).
+        self.retrieving = retrieving
 
-    def __call__(self, _: object = None) -> None:
+    def __call__(self, fut: Future[Any] | None = None) -> None:
         try:
             self.pulls.pop()
         except IndexError:
             return
+        if fut is not None and self.retrieving and fut._state == FAILED:
+            fut._mark_retrieved()
         self.lock.release()
 
 
@@ -375,8 +420,14 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
     ``forkwait.CancelledError``, rather than leave the thread blocked for good."""
     if observer.interrupted():
         raise _scope_cancelled(fut)
-    if timeout is None and fut._state == QUEUED and type(fut._handle) is list:
-        block(fut, None)  # a call nobody started: run it here (see block, rule 1)
+    handle: Any = fut._handle
+    if (
+        timeout is None
+        and fut._state == QUEUED
+        and type(handle) is list
+        and run_inline(fut)
+        and fut._state >= DONE
+    ):
         return
     wake = _WakeOnce()
     if not fut._add_waiter(wake):
@@ -404,3 +455,27 @@ def _scope_cancelled(fut: Future[Any]) -> BaseException:
     from ._future import CancelledError
 
     return CancelledError(f"the wait for {fut!r} was cancelled: its scope was cancelled")
+
+
+def _wait_for_member(member: Future[Any]) -> None:
+    """Wait for a member of ``collect_all`` without retrieving its outcome: run it here if
+    it is still queued (rule 1), else block on a wake-up that leaves a failure alone."""
+    handle: Any = member._handle
+    if (
+        member._state == QUEUED
+        and type(handle) is list
+        and run_inline(member)
+        and member._state >= DONE
+    ):
+        return
+    wake = _WakeOnce(retrieving=False)
+    if not member._add_waiter(wake):
+        return
+    worker: WorkerPool | None = thread_state.worker
+    if worker is not None:
+        worker.block_released()  # rule 2
+    try:
+        wake.lock.acquire()
+    finally:
+        if worker is not None:
+            worker.unblocked()

@@ -135,9 +135,15 @@ async def _drive(fut: Future[Any], awaitable: Awaitable[Any], scope: trio.Cancel
     try:
         with scope:
             value = await awaitable
-    except _Cancelled:
+    except (_Cancelled, BaseExceptionGroup) as exc:
+        if isinstance(exc, BaseExceptionGroup) and exc.split(_Cancelled)[1] is not None:
+            close_awaitable(awaitable)  # a group with real failures: the call failed
+            fut._handle = None
+            fut._set_exception(exc)
+            return
         # Not our scope's (that one is caught by the `with`): the run's main task has
-        # returned and trio cancels its system tasks.
+        # returned and trio cancels its system tasks (a nursery in the call makes that
+        # a group of cancellations).
         close_awaitable(awaitable)
         fut._handle = None
         logger.warning(
@@ -162,57 +168,67 @@ async def _drive(fut: Future[Any], awaitable: Awaitable[Any], scope: trio.Cancel
 class TrioWaiter:
     """A trio task awaiting a future: a done callback that reschedules it, exactly once."""
 
-    __slots__ = ("aborted", "task", "thread", "token", "waiting", "woken")
+    __slots__ = ("aborted", "fut", "marked", "task", "thread", "token", "waiting", "woken")
 
-    def __init__(self) -> None:
+    def __init__(self, fut: Future[Any]) -> None:
+        self.fut = fut
         self.task = trio.lowlevel.current_task()
         self.token = _current_token()
         self.thread = threading.get_ident()
-        self.aborted = False
+        self.aborted = False  # the task stopped waiting (cancelled)
         self.waiting = False  # the task is suspended, so it may be rescheduled
         self.woken = False
+        self.marked = False  # it took the failure as retrieved
 
     def __call__(self, fut: Future[Any]) -> None:
-        if fut._state == FAILED and not self.aborted:
-            fut._mark_retrieved()  # now, as asyncio's waiters do: this task will raise it
-        if threading.get_ident() != self.thread:
-            call_soon(self.token, self._wake)  # if the run ended, nobody is left to wake
-        elif self.waiting:
-            self._wake()  # another task of the run finished the future
+        if threading.get_ident() == self.thread:
+            self._wake()
         else:
-            # Registering found the future finished (by another thread, just then) and
-            # drained it here, before the task suspended: it must not suspend now.
-            self.woken = True
+            call_soon(self.token, self._wake)  # if the run ended, nobody is left to wake
 
     def _wake(self) -> None:
-        # In the run's thread, so these flags need no lock.
-        if not self.aborted and not self.woken:
-            self.woken = True
+        # In the run's thread, as are abort() and abandon(): the flags need no lock.
+        if self.aborted or self.woken:
+            return
+        self.woken = True
+        if self.fut._state == FAILED:
+            self.fut._mark_retrieved()  # now, as asyncio's waiters do: this task raises it
+            self.marked = True
+        if self.waiting:
             trio.lowlevel.reschedule(self.task)
+        # Else the task has not suspended yet: it sees `woken` and does not.
+
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        # The awaiting task is cancelled: it stops waiting, the call goes on.
+        self.abandon()
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def abandon(self) -> None:
+        self.aborted = True
+        self.fut._remove_waiter(self)
+        if self.marked:
+            self.fut._restore_unretrieved()  # taken, but never raised: report it again
 
 
 async def wait_in_trio(fut: Future[Any]) -> Any:
     """``await fut`` in a trio task: the value, or the call's exception."""
-    if fut._state < DONE and type(fut._handle) is TrioTask:
-        # Its task is on the run's queue: let it run first, as it often finishes in that
-        # one step, and then the value is there after one batch instead of two.
+    if fut._state >= DONE:
         await trio.lowlevel.checkpoint()
-        if fut._state >= DONE:
-            return fut._outcome()
-    if fut._state < DONE:
-        waiter = TrioWaiter()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            # The awaiting task is cancelled: it stops waiting, the call goes on.
-            waiter.aborted = True
-            fut._remove_waiter(waiter)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        if fut._add_waiter(waiter) and not waiter.woken:
-            waiter.waiting = True
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        else:
+        return fut._outcome()
+    waiter = TrioWaiter(fut)
+    if not fut._add_waiter(waiter):  # finished meanwhile
+        await trio.lowlevel.checkpoint()
+        return fut._outcome()
+    try:
+        if type(fut._handle) is TrioTask:
+            # Its task is on the run's queue: let it run first, as it often finishes in
+            # that one step, and then the value is there after one batch instead of two.
             await trio.lowlevel.checkpoint()
-    else:
-        await trio.lowlevel.checkpoint()
+        if not waiter.woken:
+            waiter.waiting = True
+            await trio.lowlevel.wait_task_rescheduled(waiter.abort)
+    except BaseException:
+        if not waiter.aborted:
+            waiter.abandon()  # cancelled at the checkpoint
+        raise
     return fut._outcome()
