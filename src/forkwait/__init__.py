@@ -8,12 +8,20 @@ out = wait(fut)             # sync code; in async code: out = await fut
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._config import Configuration, configure
 from ._fork import fork
 from ._future import CancelledError, Future, InvalidStateError
-from ._scope import Scope, scope
-from ._trace import Trace, trace
 from ._wait import collect_all, wait, wait_all
+
+if TYPE_CHECKING:
+    from ._scope import Scope, scope
+    from ._trace import Trace, trace
+
+# Loaded on first use (PEP 562): `import forkwait` stays as light as anyio's own import.
+_LAZY = {"Scope": "._scope", "scope": "._scope", "Trace": "._trace", "trace": "._trace"}
 
 __all__ = [
     "CancelledError",
@@ -34,13 +42,26 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def _fixup_module_metadata() -> None:
+def _claim(obj: Any) -> Any:
     # Show the public names as forkwait.X, not forkwait._future.X (as trio does).
+    if getattr(obj, "__module__", "").startswith("forkwait._"):
+        obj.__module__ = __name__
+    return obj
+
+
+def _claim_eager_names() -> None:
     for name in __all__:
-        obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith("forkwait._"):
-            obj.__module__ = __name__
+        if name not in _LAZY:
+            _claim(globals()[name])
 
 
-_fixup_module_metadata()
-del _fixup_module_metadata
+_claim_eager_names()
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'forkwait' has no attribute {name!r}")
+    value = _claim(getattr(importlib.import_module(module, __name__), name))
+    globals()[name] = value
+    return value
