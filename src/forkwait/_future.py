@@ -234,18 +234,17 @@ class Future(Generic[T]):
         return self._outcome_now()
 
     def _after_one_turn(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
+        # Nothing is registered during the turn: if the call fails meanwhile, this task
+        # retrieves the failure when it steps again, before the loop runs anything queued
+        # later (a task group's keeper looks one turn after that, see Scope._keep).
+        yield  # a bare yield: the awaiting task steps again after the ones queued now
+        if self._state == DONE:
+            return cast(T, self._value)
+        if self._state > DONE:
+            return self._outcome()
         waiter: asyncio.Future[T] = loop.create_future()
         if not self._add_waiter(waiter):
             return self._outcome()
-        # Registered first, so that a failure is handed to this waiter (and counts as
-        # retrieved) even if it comes during the turn.
-        try:
-            yield  # a bare yield: the awaiting task steps again after the ones queued now
-        except BaseException:  # the awaiting task was cancelled during the turn
-            self._abandon(waiter)
-            raise
-        if waiter.done():
-            return waiter.result()
         try:
             return (yield from waiter)
         except asyncio.CancelledError:

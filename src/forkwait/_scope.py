@@ -141,6 +141,7 @@ class Scope(Observer):
         group, cancelling it; raising its failure into the task group, as anyio's own
         tasks do, unless somebody retrieved it (an ``await`` of the fork)."""
         import anyio
+        import anyio.lowlevel
 
         from ._wait import collect_all
 
@@ -151,9 +152,12 @@ class Scope(Observer):
             with anyio.CancelScope(shield=True):
                 await collect_all([fut])  # a running sync call finishes first
             raise
-        if fut._state == FAILED and fut._unretrieved is not None:
-            fut._mark_retrieved()
-            raise fut._value.with_traceback(fut._traceback)
+        if _owes_failure(fut):
+            # Let a task that is awaiting this fork, and steps next, retrieve it first.
+            await anyio.lowlevel.checkpoint()
+            if _owes_failure(fut):
+                fut._mark_retrieved()
+                raise fut._value.with_traceback(fut._traceback)
 
     def interrupt_with(self, wake: Callable[[], object]) -> bool:
         self._interrupts.append(wake)
