@@ -21,6 +21,7 @@ def test_public_names_are_pinned() -> None:
         "configure",
         "fork",
         "scope",
+        "sequential",
         "trace",
         "wait",
         "wait_all",

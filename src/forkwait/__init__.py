@@ -18,10 +18,17 @@ from ._wait import collect_all, wait, wait_all
 
 if TYPE_CHECKING:
     from ._scope import Scope, scope
+    from ._sequential import sequential
     from ._trace import Trace, trace
 
 # Loaded on first use (PEP 562): `import forkwait` stays as light as anyio's own import.
-_LAZY = {"Scope": "._scope", "scope": "._scope", "Trace": "._trace", "trace": "._trace"}
+_LAZY = {
+    "Scope": "._scope",
+    "scope": "._scope",
+    "sequential": "._sequential",
+    "Trace": "._trace",
+    "trace": "._trace",
+}
 
 __all__ = [
     "CancelledError",
@@ -34,6 +41,7 @@ __all__ = [
     "configure",
     "fork",
     "scope",
+    "sequential",
     "trace",
     "wait",
     "wait_all",

@@ -107,12 +107,17 @@ def _observed_fork(
     observer: Observer, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Future[Any]:
     """``fork`` under an observer: it may wrap ``func`` (to time it), and sees the future."""
-    wrapped = observer.forked(func, is_async_callable(func))
-    thread_state.observing = True  # the fork below is this one, not a new one to observe
-    try:
-        fut = fork(wrapped, *args, **kwargs)
-    finally:
-        thread_state.observing = False
+    is_async = is_async_callable(func)
+    wrapped = observer.forked(func, is_async)
+    runner = observer.runner()
+    if runner is not None:  # sequential mode: the call runs now, in order
+        fut: Future[Any] = runner.run(wrapped, args, kwargs, is_async)
+    else:
+        thread_state.observing = True  # the fork below is this one, not a new one to observe
+        try:
+            fut = fork(wrapped, *args, **kwargs)
+        finally:
+            thread_state.observing = False
     observer.created(fut)
     return fut
 

@@ -49,6 +49,10 @@ class Observer:
         """Whether a wait registered with ``interrupt_with`` must end in ``CancelledError``."""
         return False
 
+    def runner(self) -> Any:
+        """What runs forked calls instead of the loops and threads (sequential mode)."""
+        return None
+
 
 class Chain(Observer):
     """Two observers as one: ``outer`` (installed first) sees everything ``inner`` does."""
@@ -81,6 +85,9 @@ class Chain(Observer):
 
     def interrupted(self) -> bool:
         return self.outer.interrupted() or self.inner.interrupted()
+
+    def runner(self) -> Any:
+        return self.inner.runner() or self.outer.runner()
 
 
 current_observer: contextvars.ContextVar[Observer | None] = contextvars.ContextVar(

@@ -1,0 +1,158 @@
+"""``forkwait.sequential()``: run forked calls one at a time, in fork order, for debugging.
+
+As ``torch.jit.fork`` does in eager Python, a fork made inside runs its call at once,
+in the forking thread, before ``fork`` returns: nothing runs in parallel, and a
+debugger or a print shows the calls in the order they were forked. Values and
+exceptions are those of parallel mode; the future comes back already finished.
+
+A coroutine function forked from sync code runs to its end on an event loop of its own
+in the forking thread. Forked from async code (the forking thread runs an asyncio loop
+or a trio run), it cannot finish before ``fork`` returns: it becomes a task there that
+starts only when the coroutine forked before it has finished, so coroutines still run
+one at a time and in fork order (a sync call forked meanwhile runs at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import itertools
+import sys
+from asyncio import events
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
+from typing import Any
+
+from ._future import Future, new_future
+from ._hooks import Observer, current_observer, install
+from ._hosts import trio_token
+from ._state import RUNNING
+
+
+class Sequential(Observer):
+    """The mode's observer: it makes fork run calls in order (see ``run_in_order``)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        #: By loop and forking coroutine: the coroutine forked there last, which the next
+        #: one waits for. Per loop: a sync call running inline may run a loop of its own
+        #: meanwhile. Per forker: a coroutine that waits for one it forked must not
+        #: queue that one behind the siblings queued behind itself.
+        self._last: dict[tuple[int, int], Future[Any]] = {}
+
+    def runner(self) -> Sequential:
+        return self
+
+    def run(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        is_async: bool,
+    ) -> Future[Any]:
+        """Run ``func(*args, **kwargs)`` now (or, for a coroutine in async code, queue it
+        after the one forked before), and return its future."""
+        host = events._get_running_loop() or trio_token()
+        if is_async and host is not None:
+            return self._queue_after_last((id(host), _forker.get()), func, args, kwargs)
+        fut = new_future(RUNNING, func)
+        context = contextvars.copy_context()  # as a forked call: its own copy
+        try:
+            value = context.run(_call_as_sync_code, func, args, kwargs)
+            if inspect.isawaitable(value):  # a coroutine, or a sync call that returned one
+                value = context.run(_run_to_end, value)
+        except BaseException as exc:
+            fut._set_exception(exc)
+        else:
+            fut._set_result(value)
+        return fut
+
+    def _queue_after_last(
+        self,
+        key: tuple[int, int],
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[Any]:
+        from ._fork import fork
+        from ._hosts import thread_state
+
+        previous = self._last.get(key)
+        coro = func(*args, **kwargs)
+        thread_state.observing = True  # a plain fork, not one to run in order again
+        try:
+            fut = fork(_after, previous, coro, next(_serials))
+        finally:
+            thread_state.observing = False
+        fut._func = func
+        self._last[key] = fut
+        return fut
+
+
+#: The queued coroutine running in this context (0: none), whose forks queue together.
+_forker: contextvars.ContextVar[int] = contextvars.ContextVar("forkwait_sequential", default=0)
+_serials = itertools.count(1)
+
+
+async def _after(previous: Future[Any] | None, coro: Any, serial: int) -> Any:
+    _forker.set(serial)  # in this task's own context
+    if previous is not None:
+        from ._wait import collect_all
+
+        await collect_all([previous])  # finished, whatever its outcome
+    return await coro
+
+
+def _call_as_sync_code(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``func(*args, **kwargs)`` in this thread as if no event loop ran here, so that the
+    call's own waits block as they would in a worker thread."""
+    loop = events._get_running_loop()
+    sniffio = sys.modules.get("sniffio")
+    library = getattr(sniffio.thread_local, "name", None) if sniffio is not None else None
+    events._set_running_loop(None)
+    if library is not None:
+        sniffio.thread_local.name = None  # type: ignore[union-attr]
+    try:
+        return func(*args, **kwargs)
+    finally:
+        events._set_running_loop(loop)
+        if library is not None:
+            sniffio.thread_local.name = library  # type: ignore[union-attr]
+
+
+def _run_to_end(awaitable: Any) -> Any:
+    """Run a coroutine to its end on a loop of its own, in this thread."""
+    outer = events._get_running_loop()
+    events._set_running_loop(None)  # hidden for the inner loop; put back after
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_await(awaitable))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        events._set_running_loop(outer)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+@contextmanager
+def sequential() -> Generator[Sequential]:
+    """Run the calls forked inside one at a time, in fork order, each before ``fork``
+    returns (sync calls in the forking thread): for deterministic debugging, with the
+    values and exceptions of parallel mode.
+
+        with forkwait.sequential():
+            result = main()      # every fork in main() runs at once, in order
+    """
+    mode = Sequential()
+    token = install(mode)
+    try:
+        yield mode
+    finally:
+        current_observer.reset(token)

@@ -1,0 +1,161 @@
+"""forkwait.sequential(): calls run one at a time, in fork order, with parallel mode's outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import forkwait
+from forkwait import fork, wait
+from tests.test_properties import Node, Planned, trees
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_sync_calls_run_at_fork_in_the_forking_thread_in_order() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def note(name: str) -> str:
+        seen.append((name, threading.current_thread().name))
+        return name
+
+    with forkwait.sequential():
+        futs = [fork(note, name) for name in "abc"]
+        assert all(fut.done() for fut in futs), "each ran before fork returned"
+        assert seen == [(name, threading.current_thread().name) for name in "abc"]
+    assert [fut.result() for fut in futs] == ["a", "b", "c"]
+
+
+def test_nested_forks_run_depth_first_as_plain_calls_would() -> None:
+    order: list[str] = []
+
+    def leaf(name: str) -> str:
+        order.append(name)
+        return name
+
+    async def async_leaf(name: str) -> str:
+        await asyncio.sleep(0)
+        order.append(name)
+        return name
+
+    def node() -> str:
+        first, second = fork(leaf, "inner sync"), fork(async_leaf, "inner async")
+        order.append("node")
+        return wait(first) + " + " + wait(second)
+
+    with forkwait.sequential():
+        outer = fork(node)
+        fork(leaf, "after")
+    assert outer.result() == "inner sync + inner async"
+    assert order == ["inner sync", "inner async", "node", "after"]
+
+
+def test_failures_are_the_same_exception_objects_kept_for_the_waiter() -> None:
+    def refuse() -> None:
+        raise KeyError("refused")
+
+    with forkwait.sequential():
+        failed = fork(refuse)  # fork itself does not raise
+    with pytest.raises(KeyError, match="refused"):
+        wait(failed)
+
+
+@pytest.mark.anyio
+async def test_in_async_code_coroutines_run_one_at_a_time_in_fork_order() -> None:
+    running = 0
+    most = 0
+    order: list[int] = []
+
+    async def step(i: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await anyio.sleep(0.001 * (5 - i))  # later ones are shorter: in parallel they'd overtake
+        order.append(i)
+        running -= 1
+        return i
+
+    with forkwait.sequential():
+        futs = [fork(step, i) for i in range(5)]
+    assert await forkwait.wait_all(futs) == list(range(5))
+    assert order == list(range(5))
+    assert most == 1
+
+
+# -- sequential and parallel agree, on random trees with waits in random order -----------
+
+
+def run_tree(node: Node, seed: int) -> int:
+    futs = [fork(run_async_tree if c.is_async else run_tree, c, seed) for c in node.children]
+    return settle(node, [(fut, wait) for fut in futs], seed)
+
+
+async def run_async_tree(node: Node, seed: int) -> int:
+    futs = [fork(run_async_tree if c.is_async else run_tree, c, seed) for c in node.children]
+    values: dict[int, int] = {}
+    errors: dict[int, Planned] = {}
+    for index in _order(len(futs), node, seed):
+        try:
+            values[index] = await futs[index]
+        except Planned as exc:
+            errors[index] = exc
+    return _combine(node, values, errors)
+
+
+def settle(node: Node, pairs: list[tuple[Any, Any]], seed: int) -> int:
+    values: dict[int, int] = {}
+    errors: dict[int, Planned] = {}
+    for index in _order(len(pairs), node, seed):
+        fut, waiter = pairs[index]
+        try:
+            values[index] = waiter(fut)
+        except Planned as exc:
+            errors[index] = exc
+    return _combine(node, values, errors)
+
+
+def _order(count: int, node: Node, seed: int) -> list[int]:
+    """The order a node waits for its children: random, but the same in both modes."""
+    order = list(range(count))
+    random.Random(seed * 1009 + node.value * 31 + count).shuffle(order)
+    return order
+
+
+def _combine(node: Node, values: dict[int, int], errors: dict[int, Planned]) -> int:
+    if errors:
+        raise errors[min(errors)]  # the first child's failure, in fork order
+    if node.fails:
+        raise Planned(node.value)
+    return node.value + sum(values.values())
+
+
+def _outcome(fn: Any) -> tuple[str, Any]:
+    try:
+        return "value", fn()
+    except Planned as exc:
+        return "error", exc.args
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=trees, seed=st.integers(0, 1000), limit=st.integers(1, 8))
+def test_sequential_and_parallel_agree_on_every_result_and_exception(
+    tree: Node, seed: int, limit: int
+) -> None:
+    forkwait.configure(max_threads=limit)
+    try:
+        root = run_async_tree if tree.is_async else run_tree
+        parallel = _outcome(lambda: wait(fork(root, tree, seed), timeout=30))
+        with forkwait.sequential():
+            fut = fork(root, tree, seed)
+            assert fut.done(), "in sequential mode the whole tree ran inside fork"
+        assert _outcome(fut.result) == parallel
+    finally:
+        forkwait.configure(max_threads=40)
