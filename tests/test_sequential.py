@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -159,3 +160,34 @@ def test_sequential_and_parallel_agree_on_every_result_and_exception(
         assert _outcome(fut.result) == parallel
     finally:
         forkwait.configure(max_threads=40)
+
+
+@pytest.mark.anyio
+async def test_bad_arguments_go_to_the_future_in_async_code_too() -> None:
+    async def takes_one(x: int) -> int:
+        return x
+
+    with forkwait.sequential():
+        fut = fork(takes_one, 1, 2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="positional argument"):
+        await fut
+
+
+@pytest.mark.anyio
+async def test_a_sync_call_waiting_on_a_coroutine_of_its_own_loop_is_told_so() -> None:
+    """Run inline in the loop's thread, it cannot wait for what that loop must run: a
+    clear error, not a hang (parallel mode runs it in a worker, where it may wait)."""
+
+    async def later() -> int:
+        await anyio.lowlevel.checkpoint()
+        return 5
+
+    def waits_for(fut: forkwait.Future[int]) -> int:
+        return wait(fut) + 1
+
+    with forkwait.sequential():
+        pending = fork(later)
+        blocked = fork(waits_for, pending)
+    with pytest.raises(RuntimeError, match="cannot wait for"):
+        await blocked
+    assert await pending == 5

@@ -185,3 +185,25 @@ def test_the_html_page_is_self_contained_well_formed_and_holds_every_call(
     assert "link" not in collected.tags
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page
+
+
+@pytest.mark.anyio
+async def test_awaiting_a_finished_fork_is_a_wait_too() -> None:
+    with forkwait.trace() as tr:
+        fut = fork(work, 1)
+        await anyio.to_thread.run_sync(lambda: fut.exception(timeout=10))  # finished now
+        assert await fut == 2
+    assert [w.call for w in tr.waits if w.waiter is None] == [1]
+
+
+def test_a_sequential_run_inside_a_trace_records_every_call() -> None:
+    def parent() -> int:
+        return wait(fork(abs, -1)) + 1
+
+    with forkwait.trace() as tr, forkwait.sequential():
+        assert wait(fork(parent)) == 2
+    assert [(c.name.rsplit(".", 1)[-1], c.outcome) for c in tr.calls] == [
+        ("parent", "value"),
+        ("abs", "value"),
+    ]
+    assert {w.call for w in tr.waits} == {1, 2}

@@ -231,6 +231,11 @@ class Future(Generic[T]):
                 # of the loop instead of two.
                 return self._after_one_turn(loop)
             return self._wait_on(loop)
+        observer = get_observer()
+        if observer is not None:  # a wait that found the call finished is a wait too
+            stopped = observer.waiting(self)
+            if stopped is not None:
+                stopped()
         return self._outcome_now()
 
     def _after_one_turn(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:

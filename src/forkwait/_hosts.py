@@ -36,6 +36,9 @@ class ThreadState(threading.local):
     worker: Any = None
     #: Inside fork's observed path, whose inner fork must not be observed again.
     observing = False
+    #: In sequential mode, a sync call running inline hides the loop of its thread (an
+    #: asyncio loop or a trio run's token): this is that loop.
+    hidden_host: Any = None
 
 
 thread_state = ThreadState()

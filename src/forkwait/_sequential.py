@@ -26,8 +26,10 @@ from typing import Any
 
 from ._future import Future, new_future
 from ._hooks import Observer, current_observer, install
-from ._hosts import trio_token
-from ._state import RUNNING
+from ._hosts import Slot, spawn, thread_state, trio_token
+from ._state import QUEUED, RUNNING
+
+_AsyncioLoop = asyncio.AbstractEventLoop
 
 
 class Sequential(Observer):
@@ -55,8 +57,17 @@ class Sequential(Observer):
         """Run ``func(*args, **kwargs)`` now (or, for a coroutine in async code, queue it
         after the one forked before), and return its future."""
         host = events._get_running_loop() or trio_token()
+        hidden = thread_state.hidden_host
+        if (
+            host is None
+            and hidden is not None
+            and not isinstance(hidden, asyncio.AbstractEventLoop)
+        ):
+            # Inside a sync call run inline on a trio run: its coroutines are trio's, and
+            # no loop of ours could run them to their end here; they go to that run.
+            host = hidden
         if is_async and host is not None:
-            return self._queue_after_last((id(host), _forker.get()), func, args, kwargs)
+            return self._queue_after_last(host, func, args, kwargs)
         fut = new_future(RUNNING, func)
         context = contextvars.copy_context()  # as a forked call: its own copy
         try:
@@ -71,22 +82,24 @@ class Sequential(Observer):
 
     def _queue_after_last(
         self,
-        key: tuple[int, int],
+        host: Any,
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Future[Any]:
-        from ._fork import fork
-        from ._hosts import thread_state
-
-        previous = self._last.get(key)
-        coro = func(*args, **kwargs)
-        thread_state.observing = True  # a plain fork, not one to run in order again
+        """A task on ``host`` (this thread's loop, or the one a sync call running inline
+        hid) that starts once the coroutine forked before it, by the same code, is done."""
+        key = (id(host), _forker.get())
+        fut = new_future(QUEUED, func)
         try:
-            fut = fork(_after, previous, coro, next(_serials))
-        finally:
-            thread_state.observing = False
-        fut._func = func
+            coro = func(*args, **kwargs)
+        except Exception as exc:  # bad arguments: the waiter gets them, as in parallel mode
+            fut._state = RUNNING
+            fut._set_exception(exc)
+            return fut
+        body = _after(self._last.get(key), coro, next(_serials))
+        fut._handle = Slot(body)
+        spawn(host, fut, body, contextvars.copy_context(), queued=True)
         self._last[key] = fut
         return fut
 
@@ -111,8 +124,12 @@ def _call_as_sync_code(
     """``func(*args, **kwargs)`` in this thread as if no event loop ran here, so that the
     call's own waits block as they would in a worker thread."""
     loop = events._get_running_loop()
+    token = trio_token()
     sniffio = sys.modules.get("sniffio")
     library = getattr(sniffio.thread_local, "name", None) if sniffio is not None else None
+    hidden_before = thread_state.hidden_host
+    if loop is not None or token is not None:
+        thread_state.hidden_host = loop or token
     events._set_running_loop(None)
     if library is not None:
         sniffio.thread_local.name = None  # type: ignore[union-attr]
@@ -122,6 +139,7 @@ def _call_as_sync_code(
         events._set_running_loop(loop)
         if library is not None:
             sniffio.thread_local.name = library  # type: ignore[union-attr]
+        thread_state.hidden_host = hidden_before
 
 
 def _run_to_end(awaitable: Any) -> Any:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._config import settings
 from ._hosts import (
     Host,
+    HostedTask,
     Members,
     call_frame,
     get_call_frame,
@@ -332,6 +333,8 @@ def block_until_done(
     if observer is None:
         block(fut, timeout)
     else:
+        if thread_state.hidden_host is not None:  # sequential mode, see there
+            _refuse_waiting_on_the_hidden_loop(fut)
         block_interruptibly(fut, timeout, observer)
 
 
@@ -479,3 +482,21 @@ def _wait_for_member(member: Future[Any]) -> None:
     finally:
         if worker is not None:
             worker.unblocked()
+
+
+def _refuse_waiting_on_the_hidden_loop(fut: Future[Any]) -> None:
+    """Sequential mode: a sync call that runs inline in a loop's thread cannot wait for a
+    coroutine that this very loop must run; say so, instead of hanging."""
+    host = thread_state.hidden_host
+    handle: Any = fut._handle
+    loop = getattr(handle, "loop", None)  # a Slot: the coroutine is queued for that loop
+    if isinstance(handle, HostedTask):
+        loop = getattr(handle, "token", None)
+    elif hasattr(handle, "get_loop"):
+        loop = handle.get_loop()
+    if loop is not None and loop is host and fut._state < DONE:
+        raise RuntimeError(
+            f"in forkwait.sequential(), a sync call forked from async code runs in the "
+            f"event loop's thread, so it cannot wait for {fut!r}, which that loop has yet to "
+            f"run; await it from async code instead, or leave sequential mode"
+        )

@@ -96,7 +96,9 @@ class Trace(Observer):
         self._lock = threading.Lock()
         self._origin = time.perf_counter()
         self._by_future: dict[int, Call] = {}
-        self._pending: dict[int, Call] = {}  # by thread: the call forked, future not yet seen
+        # By thread: the calls forked whose future fork has not returned yet; a stack,
+        # since in sequential mode a fork runs its call (and its forks) before returning.
+        self._pending: dict[int, list[Call]] = {}
         self.ended_at: float | None = None
         #: The thread that entered the trace, running the traced code.
         self.thread = threading.current_thread().name
@@ -117,11 +119,12 @@ class Trace(Observer):
                 forked_in=threading.current_thread().name,
             )
             self.calls.append(call)
-            self._pending[threading.get_ident()] = call
+            self._pending.setdefault(threading.get_ident(), []).append(call)
         return self._wrap(call, func, is_async)
 
     def created(self, fut: Future[Any]) -> None:
-        call = self._pending.pop(threading.get_ident(), None)
+        stack = self._pending.get(threading.get_ident())
+        call = stack.pop() if stack else None
         if call is not None:
             call.future = fut
             self._by_future[id(fut)] = call
