@@ -43,7 +43,6 @@ class Scope(Observer):
         "_interrupts",
         "_lock",
         "_task_group",
-        "_thread",
         "_token",
     )
 
@@ -56,7 +55,6 @@ class Scope(Observer):
         self._token: contextvars.Token[Observer | None] | None = None
         self._body: Any = None  # the async body's anyio CancelScope
         self._host: Any = None
-        self._thread = 0
 
     def __repr__(self) -> str:
         done = sum(fut.done() for fut in self._futures)
@@ -203,18 +201,14 @@ class Scope(Observer):
         import anyio
 
         self._open()
-        if self._task_group is not None:
-            self._attach()
-            return self
-        self._body = anyio.CancelScope()
-        self._body.__enter__()
-        self._host = current_host()
-        self._thread = threading.get_ident()
+        self._attach()
+        if self._task_group is None:
+            self._body = anyio.CancelScope()
+            self._body.__enter__()
         return self
 
     def _attach(self) -> None:
-        self._host = current_host()
-        self._thread = threading.get_ident()
+        self._host = current_host()  # where the body and the task group live
 
     async def __aexit__(
         self,
