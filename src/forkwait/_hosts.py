@@ -189,13 +189,16 @@ def spawn(
     try:
         loop.call_soon_threadsafe(_start, fut, awaitable, context, queued)
     except RuntimeError:  # that loop is closed
-        if queued and take(fut) is None:
-            return  # cancel() won, and closed the coroutine
-        close_awaitable(awaitable)
-        fut._state = RUNNING
-        fut._set_exception(
-            RuntimeError(f"cannot run the forked call: its event loop {loop!r} is closed")
-        )
+        fail_to_start(fut, awaitable, queued, f"its event loop {loop!r} is closed")
+
+
+def fail_to_start(fut: Future[Any], awaitable: Awaitable[Any], queued: bool, why: str) -> None:
+    """Settle ``fut`` with a ``RuntimeError``: its loop (or trio run) is gone."""
+    if queued and take(fut) is None:
+        return  # cancel() won, and closed the coroutine
+    close_awaitable(awaitable)
+    fut._state = RUNNING
+    fut._set_exception(RuntimeError(f"cannot run the forked call: {why}"))
 
 
 def _start(

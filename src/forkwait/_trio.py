@@ -21,7 +21,7 @@ import sniffio
 import trio
 
 from ._callables import describe
-from ._hosts import HostedTask, Slot, close_awaitable, take
+from ._hosts import HostedTask, Slot, close_awaitable, fail_to_start, take
 from ._state import DONE, FAILED, RUNNING
 
 if TYPE_CHECKING:
@@ -90,13 +90,7 @@ def spawn(
         handle: Slot = fut._handle
         handle.loop = token  # where cancel() finds the task if it loses the race
     if not call_soon(token, _start, token, fut, awaitable, context, queued):
-        if queued and take(fut) is None:
-            return  # cancel() won, and closed the coroutine
-        close_awaitable(awaitable)
-        fut._state = RUNNING
-        fut._set_exception(
-            RuntimeError(f"cannot run the forked call: its trio run ({token!r}) has ended")
-        )
+        fail_to_start(fut, awaitable, queued, f"its trio run ({token!r}) has ended")
 
 
 def _start(
