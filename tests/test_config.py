@@ -53,7 +53,9 @@ def test_configure_reads_the_settings_back(max_threads: Any) -> None:
     settings = forkwait.configure()
     assert settings.max_threads == 7
     assert settings.loop in ("asyncio", "uvloop")
-    assert forkwait.configure(max_threads=9) == forkwait.Configuration(9, settings.loop)
+    assert forkwait.configure(max_threads=9) == forkwait.Configuration(
+        9, settings.loop, settings.max_processes, "threads"
+    )
 
 
 def _hold_both_threads(barrier: threading.Barrier) -> int:

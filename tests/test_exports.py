@@ -20,6 +20,7 @@ def test_public_names_are_pinned() -> None:
         "collect_all",
         "configure",
         "fork",
+        "offload",
         "scope",
         "sequential",
         "trace",
@@ -41,12 +42,14 @@ def test_future_has_no_public_constructor() -> None:
 
 
 def test_import_loads_neither_torch_nor_trio_nor_uvloop() -> None:
-    """`import forkwait` stays light: torch (seconds) and trio load only when used."""
+    """`import forkwait` stays light: torch (seconds), trio, Dask and the process pool
+    load only when used."""
     result = run_script(
         """
         import sys
         import forkwait
-        print(sorted(m for m in ("torch", "trio", "uvloop") if m in sys.modules))
+        heavy = ("torch", "trio", "uvloop", "distributed", "cloudpickle", "multiprocessing")
+        print(sorted(m for m in heavy if m in sys.modules))
         """
     )
     assert result.returncode == 0, result.stderr

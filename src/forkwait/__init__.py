@@ -17,12 +17,14 @@ from ._future import CancelledError, Future, InvalidStateError
 from ._wait import collect_all, wait, wait_all
 
 if TYPE_CHECKING:
+    from ._offload import offload
     from ._scope import Scope, scope
     from ._sequential import sequential
     from ._trace import Trace, trace
 
 # Loaded on first use (PEP 562): `import forkwait` stays as light as anyio's own import.
 _LAZY = {
+    "offload": "._offload",
     "Scope": "._scope",
     "scope": "._scope",
     "sequential": "._sequential",
@@ -40,6 +42,7 @@ __all__ = [
     "collect_all",
     "configure",
     "fork",
+    "offload",
     "scope",
     "sequential",
     "trace",

@@ -1,10 +1,13 @@
-"""Process-wide settings: the worker thread limit and the default runtime's loop."""
+"""Process-wide settings: thread and process limits, the default loop and offload target."""
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Literal, NamedTuple, cast
+
+if TYPE_CHECKING:
+    from ._offload import Target
 
 LoopName = Literal["asyncio", "uvloop"]
 
@@ -22,13 +25,17 @@ def uvloop_installed() -> bool:
 class _Settings:
     """The settings, behind a lock; a child made by ``os.fork`` gets a fresh lock."""
 
-    __slots__ = ("lock", "loop", "max_threads")
+    __slots__ = ("lock", "loop", "max_processes", "max_threads", "offload")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.max_threads = DEFAULT_MAX_THREADS
         # None: uvloop where installed, else asyncio, decided when the runtime starts.
         self.loop: LoopName | None = None
+        #: The size of the process pool of ``offload("processes")``: one per core.
+        self.max_processes = os.cpu_count() or 1
+        #: Where sync calls forked outside any ``offload()`` go; ``None``: threads.
+        self.offload: Target | None = None
 
 
 settings = _Settings()
@@ -50,11 +57,21 @@ class Configuration(NamedTuple):
     max_threads: int
     #: The default runtime's loop: the one it runs on, or will start.
     loop: LoopName
+    #: The number of worker processes of ``offload("processes")``.
+    max_processes: int
+    #: Where sync calls forked outside any ``forkwait.offload()`` run.
+    offload: str
 
 
-def configure(max_threads: int | None = None, loop: LoopName | None = None) -> Configuration:
-    """Set the worker thread limit and the default runtime's event loop; return the
-    settings in effect (``configure()`` alone reads them).
+def configure(
+    max_threads: int | None = None,
+    loop: LoopName | None = None,
+    *,
+    max_processes: int | None = None,
+    offload: object = None,
+) -> Configuration:
+    """Set the thread and process limits, the default runtime's event loop and where
+    sync calls go; return the settings in effect (``configure()`` alone reads them).
 
     An option left as ``None`` keeps its current value. ``max_threads`` bounds the
     worker threads running sync calls forked for each event loop, as anyio's thread
@@ -62,6 +79,10 @@ def configure(max_threads: int | None = None, loop: LoopName | None = None) -> C
     ``wait`` does not count, and a thread waiting on a call that has not started runs it
     itself); it takes effect at once. ``loop`` (``"uvloop"`` or ``"asyncio"``) must be
     chosen before the default runtime starts, on the first fork from plain sync code.
+    ``max_processes`` sizes the process pool (one process per core by default); a pool
+    already running is replaced on the next fork. ``offload`` is where sync calls forked
+    outside any ``forkwait.offload()`` run: ``"threads"`` (the default), ``"processes"``,
+    a ``distributed.Client`` or a Dask scheduler address. ::
 
         forkwait.configure(max_threads=8, loop="asyncio")
         forkwait.configure().max_threads    # 8
@@ -72,6 +93,19 @@ def configure(max_threads: int | None = None, loop: LoopName | None = None) -> C
         raise ValueError(
             f"configure(max_threads=...) needs a whole number of threads >= 1, got {max_threads!r}"
         )
+    processes = cast(object, max_processes)
+    if processes is not None and (
+        isinstance(processes, bool) or not isinstance(processes, int) or processes < 1
+    ):
+        raise ValueError(
+            f"configure(max_processes=...) needs a whole number of processes >= 1, "
+            f"got {max_processes!r}"
+        )
+    target: Target | None = None
+    if offload is not None:
+        from ._offload import target_for
+
+        target = target_for(offload, "configure(offload=...)")
     if loop is not None:
         if loop not in ("asyncio", "uvloop"):
             raise ValueError(f'configure(loop=...) must be "asyncio" or "uvloop", got {loop!r}')
@@ -97,7 +131,16 @@ def configure(max_threads: int | None = None, loop: LoopName | None = None) -> C
             settings.max_threads = max_threads
             for pool in all_pools():
                 pool.set_limit(max_threads)  # under the lock: concurrent calls agree
+        if max_processes is not None:
+            settings.max_processes = max_processes
+        if target is not None:
+            settings.offload = None if target.name == "threads" else target
         effective_loop = runtime.running_loop_name() or settings.loop
         if effective_loop is None:
             effective_loop = "uvloop" if uvloop_installed() else "asyncio"
-        return Configuration(settings.max_threads, cast(LoopName, effective_loop))
+        return Configuration(
+            settings.max_threads,
+            cast(LoopName, effective_loop),
+            settings.max_processes,
+            "threads" if settings.offload is None else settings.offload.name,
+        )

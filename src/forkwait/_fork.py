@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._callables import is_async_callable
+from ._config import settings
 from ._future import Future, allocate_future, new_future
 from ._hooks import Observer, get_observer
 from ._hosts import (
@@ -50,7 +51,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     A coroutine function runs as a task on the event loop; any other callable runs in a
     worker thread. Every keyword goes to ``func``. The loop is the calling thread's
     running loop, else the one a forked sync function works for, else the default
-    runtime (a background loop started on first use).
+    runtime (a background loop started on first use). ::
 
         fut = fork(model, batch)      # runs in a worker thread
         out = await fork(fetch, url)  # runs as a task
@@ -86,6 +87,9 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         fut._handle = Slot(coro)  # see take; cancel() before the task starts closes it
         spawn(thread_host(), fut, coro, _copy_context(), queued=True)
         return fut
+    offload = settings.offload
+    if offload is not None and not thread_state.observing:  # configure(offload=...)
+        return offload.submit(func, args, kwargs)
     fut = allocate_future(Future)
     fut._state = QUEUED
     fut._waiters = None  # made on first use: most sync calls are waited on inline
@@ -110,8 +114,10 @@ def _observed_fork(
     is_async = is_async_callable(func)
     wrapped = observer.forked(func, is_async)
     runner = observer.runner()
-    if runner is not None:  # sequential mode: the call runs now, in order
-        fut: Future[Any] = runner.run(wrapped, args, kwargs, is_async)
+    if runner is None and not is_async:
+        runner = settings.offload  # configure(offload=...): the call leaves this process
+    if runner is not None:  # sequential mode, or an offload target
+        fut: Future[Any] = runner.run(func, wrapped, args, kwargs, is_async)
     else:
         thread_state.observing = True  # the fork below is this one, not a new one to observe
         try:

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ._callables import describe
 from ._hooks import Observer, get_observer
-from ._hosts import HostedTask, Slot, take, trio_token
+from ._hosts import HostedTask, Remote, Slot, take, trio_token
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from ._threads import block_until_done
 
@@ -77,7 +77,7 @@ class Future(Generic[T]):
     """A handle to one forked call: awaitable, blockable and chainable.
 
     ``fork`` makes them; await one from any event loop, or block on it with ``wait``
-    or ``result()`` from any thread.
+    or ``result()`` from any thread. ::
 
         fut = fork(load, path)
         data = await fut          # async code
@@ -204,7 +204,7 @@ class Future(Generic[T]):
         """The value of a finished call, never blocking (``torch.futures.Future.value``).
 
         For use after ``wait()`` or inside a ``then()`` callback; raises the call's
-        exception, and ``InvalidStateError`` if the call has not finished.
+        exception, and ``InvalidStateError`` if the call has not finished. ::
 
             total = fork(load, path).then(lambda f: len(f.value()))
         """
@@ -340,6 +340,8 @@ class Future(Generic[T]):
             loop = host
         elif isinstance(handle, HostedTask):
             return handle.cancel_soon()
+        elif isinstance(handle, Remote):
+            return handle.cancel()  # in a worker process or on a Dask cluster
         else:
             return False  # a sync call running in a thread
         if loop is _get_running_loop():
@@ -373,7 +375,7 @@ class Future(Generic[T]):
 
         ``fn`` runs in the thread that finishes this future, in the context of the code
         that called ``then``; if it returns an awaitable, that is awaited on the event
-        loop that thread works for. Its exception goes to the new future.
+        loop that thread works for. Its exception goes to the new future. ::
 
             total = fork(load, path).then(lambda f: len(f.result()))
         """

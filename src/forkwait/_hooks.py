@@ -50,7 +50,8 @@ class Observer:
         return False
 
     def runner(self) -> Any:
-        """What runs forked calls instead of the loops and threads (sequential mode)."""
+        """What runs forked calls instead of the loops and threads: sequential mode, or an
+        offload target (``run(func, wrapped, args, kwargs, is_async) -> Future``)."""
         return None
 
 

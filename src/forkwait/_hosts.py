@@ -232,6 +232,20 @@ class HostedTask:
         raise NotImplementedError
 
 
+class Remote:
+    """An offloaded call's handle: another process, or a Dask worker, runs it."""
+
+    __slots__ = ("ran",)
+
+    def __init__(self) -> None:
+        #: Where and when it ran (a ``_payload.Ran``), once it has.
+        self.ran: Any = None
+
+    def cancel(self) -> bool:
+        """Cancel it where it runs: ``True`` if it will not produce a value."""
+        raise NotImplementedError
+
+
 class Slot(list[Any]):
     """A QUEUED future's coroutine or callback, which a waiter must not run inline.
 

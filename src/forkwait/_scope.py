@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 class Scope(Observer):
     """Forks made inside belong to it, and leaving it waits for them.
 
-    async with forkwait.scope():          # or `with forkwait.scope():` in sync code
-        fork(fetch, url)
-        fork(save, path)
-    # both are done here; a failure nobody retrieved is raised in an ExceptionGroup
+    ``forkwait.scope()`` makes one::
+
+        async with forkwait.scope():      # or `with forkwait.scope():` in sync code
+            fork(fetch, url)
+            fork(save, path)
+        # both are done here; a failure nobody retrieved is raised in an ExceptionGroup
     """
 
     __slots__ = (
@@ -395,7 +397,7 @@ def scope(*, task_group: TaskGroup | None = None) -> Scope:
     With ``task_group``, the forks belong to that anyio task group instead: each runs
     under a task of the group, so the group waits for it, cancels it with its cancel
     scope, and gets its failure (unless somebody awaited the fork); leaving the scope
-    then does not wait.
+    then does not wait. ::
 
         async with forkwait.scope() as s:
             fork(crawl, site)             # forks of forks belong to the scope too

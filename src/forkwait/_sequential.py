@@ -49,13 +49,15 @@ class Sequential(Observer):
 
     def run(
         self,
+        unwrapped: Callable[..., Any],
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         is_async: bool,
     ) -> Future[Any]:
         """Run ``func(*args, **kwargs)`` now (or, for a coroutine in async code, queue it
-        after the one forked before), and return its future."""
+        after the one forked before), and return its future; ``func`` is ``unwrapped``
+        as the observers wrapped it."""
         host = events._get_running_loop() or trio_token()
         hidden = thread_state.hidden_host
         if (
@@ -163,7 +165,7 @@ async def _await(awaitable: Any) -> Any:
 def sequential() -> Generator[Sequential]:
     """Run the calls forked inside one at a time, in fork order, each before ``fork``
     returns (sync calls in the forking thread): for deterministic debugging, with the
-    values and exceptions of parallel mode.
+    values and exceptions of parallel mode. ::
 
         with forkwait.sequential():
             result = main()      # every fork in main() runs at once, in order

@@ -84,10 +84,12 @@ def _loop_name() -> str | None:
 class Trace(Observer):
     """What ``forkwait.trace()`` recorded: the calls, the waits, and views of them.
 
-    with forkwait.trace() as tr:
-        wait(fork(load, path))
-    print(tr.graph)              # the fork/wait graph, indented
-    tr.save_html("trace.html")   # a timeline of threads, bars per call
+    ``forkwait.trace()`` makes one::
+
+        with forkwait.trace() as tr:
+            wait(fork(load, path))
+        print(tr.graph)              # the fork/wait graph, indented
+        tr.save_html("trace.html")   # a timeline of threads, bars per call
     """
 
     def __init__(self) -> None:
@@ -95,6 +97,8 @@ class Trace(Observer):
         self.waits: list[Wait] = []
         self._lock = threading.Lock()
         self._origin = time.perf_counter()
+        # Calls offloaded to other processes report wall-clock times.
+        self._origin_wall = time.time()
         self._by_future: dict[int, Call] = {}
         # By thread: the calls forked whose future fork has not returned yet; a stack,
         # since in sequential mode a fork runs its call (and its forks) before returning.
@@ -190,6 +194,11 @@ class Trace(Observer):
             fut = call.future
             if fut is None:
                 continue
+            ran = getattr(fut._handle, "ran", None)  # an offloaded call: see _hosts.Remote
+            if ran is not None and call.started_at is None:
+                call.started_at = ran.started - self._origin_wall
+                call.ended_at = ran.ended - self._origin_wall
+                call.thread = ran.where
             state = fut._state
             if state == DONE:
                 call.outcome, call.detail = "value", type(fut._value).__name__
@@ -255,7 +264,7 @@ class Graph:
 @contextmanager
 def trace() -> Generator[Trace]:
     """Record every fork and wait made inside, including nested forks in worker threads
-    and on other loops.
+    and on other loops. ::
 
         with forkwait.trace() as tr:
             main()

@@ -67,7 +67,7 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
     Raises the call's own exception, ``TimeoutError`` after ``timeout`` seconds (the
     call keeps running), or ``forkwait.CancelledError`` if it was cancelled. One
     signature cannot be typed for both uses: type checkers see the sync one, so typed
-    async code writes ``await fut`` (the same wait without a timeout).
+    async code writes ``await fut`` (the same wait without a timeout). ::
 
         value = wait(fork(compute, 3))           # sync code
         value = await wait(fork(compute, 3))     # async code
@@ -102,7 +102,7 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
     """The values of ``futures``, in their order (``torch.futures.wait_all``).
 
     Blocks in sync code; in async code, ``await wait_all(futs)``. ``timeout`` bounds
-    the whole wait.
+    the whole wait. ::
 
         sizes = wait_all([fork(len, s) for s in words])
     """
@@ -132,7 +132,7 @@ def collect_all(futures: Iterable[Future[T]]) -> Future[list[Future[T]]]:
 
     As ``torch.futures.collect_all``: failed and cancelled futures are in the list like
     the others, never raised, so the caller inspects each. Cancelling the collected
-    future leaves the others running.
+    future leaves the others running. ::
 
         done = collect_all([fork(load, p) for p in paths]).wait()
         loaded = [f.value() for f in done if f.exception() is None]

@@ -1,0 +1,170 @@
+"""``offload(client)``: sync calls as tasks of a Dask cluster (``distributed``).
+
+The call travels pickled as forkwait packs it (``_payload``), so it fails at ``fork``
+if it cannot, and comes back with its exception's own type. A ``distributed.Client``
+given by the app stays the app's; one that forkwait opened for a scheduler address is
+closed at exit. Cancelling a future releases its task on the cluster: one not started
+never runs, and the result of one running is dropped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import threading
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._callables import describe
+from ._future import new_future
+from ._hosts import Remote
+from ._offload import Target
+from ._payload import pack_call, run_packed, unpack_outcome
+from ._state import RUNNING
+
+if TYPE_CHECKING:
+    from ._future import Future
+
+# distributed is typed in part only: its clients and futures are Any here.
+Client = Any
+DaskFuture = Any
+
+
+class DaskCall(Remote):
+    """A task on the cluster."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: DaskFuture) -> None:
+        super().__init__()
+        self.task: DaskFuture | None = task
+
+    def cancel(self) -> bool:
+        task = self.task
+        if task is None or task.done():
+            return False
+        task.cancel()  # the future is cancelled once the scheduler has it (_settle)
+        return True
+
+
+class Cluster(Target):
+    """A Dask cluster, through one ``distributed.Client``."""
+
+    __slots__ = ("address", "client", "name", "owned")
+
+    def __init__(self, client: Client, owned: bool) -> None:
+        self.client = client
+        #: Whether forkwait opened the client (for an address), and so closes it.
+        self.owned = owned
+        self.address = str(client.scheduler.address)
+        self.name = f"dask {self.address}"
+
+    def submit(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[Any]:
+        packed = pack_call(func, args, kwargs, f"the Dask cluster at {self.address}")
+        fut = new_future(RUNNING, func)
+        key = f"{describe(func)}-{uuid.uuid4().hex}"  # as Dask names tasks: shown on its dashboard
+        task = self.client.submit(run_on_worker, packed, key=key, pure=False)
+        handle = DaskCall(task)
+        fut._handle = handle
+        task.add_done_callback(functools.partial(_settle, fut, handle))
+        return fut
+
+
+def run_on_worker(packed: bytes) -> bytes:
+    """``run_packed`` on a Dask worker, which names itself by its address."""
+    from distributed import get_worker
+
+    return run_packed(packed, f"dask worker {get_worker().address}")
+
+
+def _settle(fut: Future[Any], handle: DaskCall, task: DaskFuture) -> None:
+    """Finish ``fut`` as its task finished (in Dask's callback thread)."""
+    handle.task = None  # the cluster may let the result go once this is done
+    status = task.status
+    if status == "cancelled":
+        fut._set_cancelled()
+        return
+    if status != "finished":  # "error", or the task was lost with its workers
+        try:
+            error = task.exception()
+        except BaseException as exc:  # it was cancelled meanwhile, say
+            error = exc
+        fut._set_exception(error if error is not None else RuntimeError(f"Dask task {status}"))
+        return
+    try:
+        ok, value, handle.ran = unpack_outcome(task.result())
+    except BaseException as exc:
+        if type(exc).__name__ == "CancelledError":  # released between the check and here
+            fut._set_cancelled()
+            return
+        refused = TypeError(
+            f"the outcome of fork({describe(fut._func)}) came back from the cluster but "
+            f"cannot be unpickled here ({type(exc).__name__}: {exc})"
+        )
+        refused.__cause__ = exc
+        fut._set_exception(refused)
+        return
+    if ok:
+        fut._set_result(value)
+    else:
+        fut._set_exception(value)
+
+
+_lock = threading.Lock()
+_clusters: dict[int, Cluster] = {}  # by id of the client
+_by_address: dict[str, Cluster] = {}
+
+
+def cluster_of(client: Any) -> Cluster:
+    """The target for an app's own ``distributed.Client``."""
+    from distributed import Client as DaskClient
+
+    if not isinstance(client, DaskClient):
+        raise ValueError(
+            f"forkwait.offload() takes a distributed.Client, not {type(client).__qualname__}; "
+            f"make one with distributed.Client(address) or pass the scheduler address"
+        )
+    if client.asynchronous:
+        raise ValueError(
+            "forkwait.offload() needs a Client made with asynchronous=False (the default): "
+            "forkwait's futures are awaitable from any loop, so it submits from any thread"
+        )
+    with _lock:
+        cluster = _clusters.get(id(client))
+        if cluster is None or cluster.client is not client:
+            cluster = _clusters[id(client)] = Cluster(client, owned=False)
+        return cluster
+
+
+def cluster_at(address: str) -> Cluster:
+    """The target for a scheduler address: a client opened on first use, closed at exit."""
+    with _lock:
+        cluster = _by_address.get(address)
+        if cluster is not None and cluster.client.status not in ("closed", "closing"):
+            return cluster
+        from distributed import Client as DaskClient
+
+        try:
+            client = DaskClient(address, set_as_default=False, timeout=10)  # type: ignore[no-untyped-call]
+        except OSError as exc:
+            raise ValueError(
+                f"forkwait.offload({address!r}) could not reach a Dask scheduler there "
+                f"({exc}); check the address, or start one (dask scheduler)"
+            ) from exc
+        cluster = _by_address[address] = Cluster(client, owned=True)
+        _clusters[id(client)] = cluster
+        return cluster
+
+
+def _close_owned_clients() -> None:
+    with _lock:
+        owned = list(_by_address.values())
+        _by_address.clear()
+    for cluster in owned:
+        cluster.client.close()
+
+
+atexit.register(_close_owned_clients)

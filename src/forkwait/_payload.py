@@ -1,0 +1,140 @@
+"""What crosses to another process: the call, pickled at fork; its outcome, pickled back.
+
+The call is pickled in the forking thread, so a callable or an argument that cannot
+travel fails at ``fork`` with a ``TypeError`` that names it, not later in a worker.
+``pickle`` comes first (fast); ``cloudpickle`` (what Dask uses) takes what it refuses,
+such as lambdas and functions defined inside other functions or in ``__main__``.
+The worker pickles the outcome itself, the same way, so a value or an exception that
+cannot come back is reported as such, naming its type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import pickle
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ._callables import describe
+
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _dumps(obj: object) -> bytes:
+    try:
+        return pickle.dumps(obj, _PROTOCOL)
+    except Exception:
+        import cloudpickle  # type: ignore[import-untyped]  # only when pickle refuses
+
+        return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+
+
+def pack_call(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> bytes:
+    """``(func, args, kwargs)`` as bytes, or a ``TypeError`` naming the part that cannot go."""
+    try:
+        return _dumps((func, args, kwargs))
+    except Exception as exc:
+        culprit = _unpicklable_part(func, args, kwargs)
+        raise TypeError(
+            f"fork({describe(func)}) cannot send {culprit} to {where}: it cannot be pickled "
+            f"({type(exc).__name__}: {exc}). Pass values that pickle (plain data, arrays, "
+            f"tensors, module-level functions), make the object picklable (__reduce__), "
+            f"or fork this call outside forkwait.offload(...) so that it runs in a thread."
+        ) from exc
+
+
+def _unpicklable_part(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    parts: list[tuple[str, object]] = [(f"the callable {describe(func)}", func)]
+    parts += [(f"argument {i}", arg) for i, arg in enumerate(args)]
+    parts += [(f"keyword argument {name!r}", arg) for name, arg in kwargs.items()]
+    for label, part in parts:
+        try:
+            _dumps(part)
+        except Exception:
+            return f"{label} ({type(part).__qualname__} object)"
+    return "the call"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in another process, as text.
+
+    It is the ``__cause__`` of the exception that came back, so a printed traceback
+    shows where the call failed in the worker.
+    """
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
+class Ran:
+    """Where and when an offloaded call ran: its process or worker, and wall-clock times."""
+
+    __slots__ = ("ended", "started", "where")
+
+    def __init__(self, where: str, started: float, ended: float) -> None:
+        self.where = where
+        self.started = started
+        self.ended = ended
+
+
+def run_packed(packed: bytes, where: str | None = None) -> bytes:
+    """In the worker: run the packed call; its outcome, with where and when it ran, packed."""
+    started = time.time()
+    func: Any = describe
+    try:
+        func, args, kwargs = pickle.loads(packed)
+        value = func(*args, **kwargs)
+        if inspect.isawaitable(value):  # as in a thread: the result is never a coroutine
+            value = asyncio.run(_await(value))
+        outcome: tuple[bool, Any] = (True, value)
+    except BaseException as exc:  # KeyboardInterrupt and SystemExit go to the waiter too
+        outcome = (False, exc)
+    ran = (where or f"process {os.getpid()}", started, time.time())
+    try:
+        return _dumps((*outcome, ran, _traceback_text(outcome)))
+    except Exception as exc:
+        ok, value = outcome
+        what = (
+            f"the value returned by {describe(func)}"
+            if ok
+            else (f"the exception raised by {describe(func)}")
+        )
+        refused = TypeError(
+            f"{what} ({type(value).__qualname__} object: {_shorten(value)}) cannot be "
+            f"pickled to come back from {ran[0]} ({type(exc).__name__}: {exc}); return "
+            f"(or raise) something that pickles"
+        )
+        return _dumps((False, refused, ran, _traceback_text(outcome)))
+
+
+def _traceback_text(outcome: tuple[bool, Any]) -> str | None:
+    ok, value = outcome
+    if ok:
+        return None
+    return "".join(traceback.format_exception(value))
+
+
+def _shorten(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__qualname__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def unpack_outcome(packed: bytes) -> tuple[bool, Any, Ran]:
+    """The outcome ``run_packed`` sent: ``(True, value, ran)`` or ``(False, exc, ran)``."""
+    ok, value, (where, started, ended), text = pickle.loads(packed)
+    if not ok and text is not None and value.__cause__ is None:
+        value.__cause__ = RemoteTraceback(text)
+    return ok, value, Ran(where, started, ended)
