@@ -26,11 +26,17 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 def _dumps(obj: object) -> bytes:
     try:
-        return pickle.dumps(obj, _PROTOCOL)
+        packed: bytes | None = pickle.dumps(obj, _PROTOCOL)
     except Exception:
-        import cloudpickle  # type: ignore[import-untyped]  # only when pickle refuses
+        packed = None
+    # pickle names functions and classes by module; one from __main__ (a script, a
+    # notebook, `python -c`) may not exist under that name in the worker, so those go
+    # by value, as cloudpickle sends them.
+    if packed is None or b"__main__" in packed:
+        import cloudpickle  # type: ignore[import-untyped]  # only when pickle will not do
 
         return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+    return packed
 
 
 def pack_call(

@@ -1,0 +1,178 @@
+"""`forkwait.offload(client)`: sync calls as tasks of a real Dask LocalCluster on loopback."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import dask
+import psutil
+import pytest
+from distributed import Client, Event, LocalCluster
+
+import forkwait
+from forkwait import fork, wait
+from forkwait._dask import _close_owned_clients
+from forkwait._payload import RemoteTraceback
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    """Two single-threaded worker processes; a task whose worker dies fails at once."""
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+        app_client = Client(cluster, set_as_default=False)
+        try:
+            yield app_client
+        finally:
+            _close_owned_clients()  # the ones offload() opened for the scheduler's address
+            app_client.close()
+            cluster.close()
+    # Nothing left running: no worker or nanny process outlives the cluster. (One
+    # multiprocessing resource tracker per interpreter stays, and ends with it.)
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in children_before
+        and p.is_running()
+        and p.status() != psutil.STATUS_ZOMBIE
+        and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
+    ]
+    assert not left, [p.cmdline() for p in left]
+
+
+def pid_and_square(x: int) -> tuple[int, int]:
+    return os.getpid(), x * x
+
+
+def fail(message: str) -> None:
+    raise KeyError(message)
+
+
+def wait_for_event(name: str) -> str:
+    Event(name).wait(timeout=60)
+    return "released"
+
+
+def touch(path: str) -> str:
+    Path(path).write_text("ran")
+    return path
+
+
+def kill_myself() -> None:
+    os._exit(9)
+
+
+def test_a_sync_call_runs_on_a_worker_and_its_value_comes_back(client: Client) -> None:
+    with forkwait.offload(client):
+        fut = fork(pid_and_square, 6)
+        local = fork(lambda: os.getpid())  # a lambda: cloudpickle sends it, as Dask would
+    pid, value = wait(fut)
+    assert value == 36
+    worker_pids = set(client.run(os.getpid).values())
+    assert pid in worker_pids
+    assert wait(local) in worker_pids
+
+
+def test_the_exception_keeps_its_type_and_the_workers_traceback(client: Client) -> None:
+    with forkwait.offload(client):
+        fut = fork(fail, "on the cluster")
+    with pytest.raises(KeyError, match="on the cluster") as caught:
+        wait(fut)
+    assert isinstance(caught.value.__cause__, RemoteTraceback)
+
+
+def test_an_argument_that_cannot_be_pickled_fails_at_fork(client: Client) -> None:
+    with forkwait.offload(client), pytest.raises(TypeError, match=r"argument 0.*Dask cluster"):
+        fork(pid_and_square, threading.Lock())
+
+
+@pytest.mark.anyio
+async def test_awaitable_on_every_backend(client: Client, anyio_backend: Any) -> None:
+    with forkwait.offload(client):
+        futs = [fork(pid_and_square, i) for i in range(3)]
+    with anyio.fail_after(60):
+        assert [v for _, v in await forkwait.wait_all(futs)] == [0, 1, 4]
+        chained = futs[0].then(lambda f: f.result()[1] + 1)
+        assert await chained == 1
+
+
+def test_cancel_releases_a_queued_task_on_the_cluster(client: Client, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    gate = Event("gate", client=client)
+    with forkwait.offload(client):
+        blockers = [fork(wait_for_event, "gate") for _ in range(2)]  # both workers busy
+        queued = fork(touch, str(marker))
+    key = queued._handle.task.key
+    assert queued.cancel()
+    with pytest.raises(forkwait.CancelledError):
+        wait(queued, timeout=30)
+    assert queued.cancelled()
+    assert not client.run_on_scheduler(lambda dask_scheduler: key in dask_scheduler.tasks)
+    gate.set()
+    assert forkwait.wait_all(blockers, timeout=60) == ["released", "released"]
+    assert not marker.exists()
+
+
+def test_a_worker_that_dies_gives_the_waiter_an_error(client: Client) -> None:
+    with forkwait.offload(client):
+        fut = fork(kill_myself)
+    with pytest.raises(Exception, match="workers died while running it"):
+        wait(fut, timeout=60)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts it
+    with forkwait.offload(client):
+        assert wait(fork(pid_and_square, 3), timeout=60)[1] == 9
+
+
+def test_a_scheduler_address_works_as_a_target(client: Client) -> None:
+    address = client.scheduler.address
+    with forkwait.offload(address):
+        pid, value = wait(fork(pid_and_square, 4), timeout=60)
+    assert value == 16
+    assert pid in set(client.run(os.getpid).values())
+
+
+def test_configure_offload_to_the_cluster(client: Client) -> None:
+    forkwait.configure(offload=client)
+    try:
+        assert forkwait.configure().offload == f"dask {client.scheduler.address}"
+        pid, _ = wait(fork(pid_and_square, 1), timeout=60)
+        assert pid != os.getpid()
+    finally:
+        forkwait.configure(offload="threads")
+
+
+def test_scopes_and_traces_see_cluster_calls(client: Client) -> None:
+    with (  # noqa: PT012
+        forkwait.trace() as tr,
+        pytest.raises(ExceptionGroup) as caught,
+        forkwait.scope(),
+        forkwait.offload(client),
+    ):
+        fork(pid_and_square, 2)
+        fork(fail, "in a scope")
+    assert [type(e) for e in caught.value.exceptions] == [KeyError]
+    ran_on = {call.thread for call in tr.calls}
+    assert all(name is not None and name.startswith("dask worker tcp://") for name in ran_on)
+
+
+def test_an_async_client_is_refused_clearly(client: Client) -> None:
+    async def main() -> None:
+        async with Client(client.scheduler.address, asynchronous=True) as async_client:
+            with pytest.raises(ValueError, match="asynchronous=False"):
+                forkwait.offload(async_client).__enter__()
+
+    anyio.run(main)

@@ -1,0 +1,347 @@
+"""`forkwait.offload("processes")`: sync calls in worker processes, with the same futures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import forkwait
+from forkwait import fork, wait
+from forkwait._payload import RemoteTraceback
+from forkwait._processes import processes
+from tests.conftest import run_script
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_the_pool_after() -> Iterator[None]:
+    yield
+    processes.stop()
+
+
+@pytest.fixture
+def one_process() -> Iterator[None]:
+    """A pool of one worker process for one test (a fresh pool), restored after."""
+    before = forkwait.configure().max_processes
+    forkwait.configure(max_processes=1)
+    yield
+    forkwait.configure(max_processes=before)
+
+
+# What the worker processes run: module-level, so pickle sends them by name.
+
+
+def pid_and_square(x: int) -> tuple[int, int]:
+    return os.getpid(), x * x
+
+
+def fail(message: str) -> None:
+    raise KeyError(message)
+
+
+def raise_base(kind: str) -> None:
+    raise KeyboardInterrupt("stop") if kind == "kbd" else SystemExit(3)
+
+
+def wait_for_file(path: str, seconds: float) -> str:
+    """Block until ``path`` exists (the test creates it): a gate across processes."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+    return "released"
+
+
+def touch(path: str) -> str:
+    Path(path).write_text("ran")
+    return path
+
+
+def make_lock() -> object:
+    return threading.Lock()
+
+
+class Unpicklable(Exception):
+    def __init__(self) -> None:
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable
+
+
+def kill_myself() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def returns_a_coroutine(x: int) -> Any:
+    async def later() -> int:
+        await asyncio.sleep(0)
+        return x + 1
+
+    return later()
+
+
+def forks_inside(n: int) -> int:
+    # In the worker process: its own default runtime and threads.
+    futs = [fork(pid_and_square, i) for i in range(n)]
+    return sum(value for _, value in forkwait.wait_all(futs))
+
+
+# -- where calls run -------------------------------------------------------------------
+
+
+def test_a_sync_call_runs_in_another_process_and_its_value_comes_back() -> None:
+    with forkwait.offload("processes"):
+        fut = fork(pid_and_square, 7)
+    pid, value = wait(fut)
+    assert value == 49
+    assert pid != os.getpid()
+
+
+def test_lambdas_and_local_functions_go_by_value() -> None:
+    offset = 5
+
+    def local(x: int) -> int:
+        return x + offset
+
+    with forkwait.offload("processes"):
+        futs = [fork(lambda: os.getpid()), fork(local, 1)]
+    pid, value = forkwait.wait_all(futs)
+    assert pid != os.getpid()
+    assert value == 6
+
+
+def test_coroutine_functions_still_run_on_the_loop_in_this_process() -> None:
+    async def where() -> tuple[int, str]:
+        return os.getpid(), threading.current_thread().name
+
+    async def main() -> tuple[int, str]:
+        with forkwait.offload("processes"):
+            return await fork(where)
+
+    assert asyncio.run(main()) == (os.getpid(), "MainThread")
+
+
+def test_a_sync_call_that_returns_a_coroutine_gets_it_awaited_in_the_worker() -> None:
+    with forkwait.offload("processes"):
+        assert wait(fork(returns_a_coroutine, 1)) == 2
+
+
+def test_forks_nested_in_an_offloaded_call_run_in_its_process() -> None:
+    with forkwait.offload("processes"):
+        assert wait(fork(forks_inside, 4)) == 0 + 1 + 4 + 9
+
+
+@pytest.mark.anyio
+async def test_awaitable_on_every_backend(anyio_backend: Any) -> None:
+    with forkwait.offload("processes"):
+        fut = fork(pid_and_square, 3)
+        failed = fork(fail, "async")
+    assert (await fut)[1] == 9
+    with anyio.fail_after(30):
+        assert (await forkwait.wait(fut, timeout=30))[1] == 9
+    with pytest.raises(KeyError, match="async"):
+        await failed
+
+
+def test_then_callbacks_wait_all_and_timeouts(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    seen: list[Any] = []
+    with forkwait.offload("processes"):
+        futs = [fork(pid_and_square, i) for i in range(4)]
+        blocked = fork(wait_for_file, str(gate), 30)
+    chained = futs[0].then(lambda f: f.result()[1] + 100)
+    futs[1].add_done_callback(lambda f: seen.append(f.result()[1]))
+    assert [value for _, value in forkwait.wait_all(futs)] == [0, 1, 4, 9]
+    assert wait(chained) == 100
+    with pytest.raises(TimeoutError):
+        wait(blocked, timeout=0.05)
+    gate.touch()
+    assert wait(blocked) == "released"  # the timeout did not stop the call
+    assert seen == [1]
+
+
+def test_configure_sets_the_default_and_offload_threads_overrides_it() -> None:
+    forkwait.configure(offload="processes")
+    try:
+        assert forkwait.configure().offload == "processes"
+        pid, _ = wait(fork(pid_and_square, 1))
+        assert pid != os.getpid()
+        with forkwait.offload("threads"):
+            pid, _ = wait(fork(pid_and_square, 1))
+        assert pid == os.getpid()
+    finally:
+        forkwait.configure(offload="threads")
+    assert forkwait.configure().offload == "threads"
+    assert wait(fork(pid_and_square, 1))[0] == os.getpid()
+
+
+def test_max_processes_sizes_the_pool(one_process: None, tmp_path: Path) -> None:
+    with forkwait.offload("processes"):
+        pids = {pid for pid, _ in forkwait.wait_all([fork(pid_and_square, i) for i in range(6)])}
+    assert len(pids) == 1
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def test_the_exception_keeps_its_type_and_the_workers_traceback() -> None:
+    with forkwait.offload("processes"):
+        fut = fork(fail, "missing key")
+    with pytest.raises(KeyError, match="missing key") as caught:
+        wait(fut)
+    cause = caught.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "in fail" in str(cause)
+
+
+@pytest.mark.parametrize(("kind", "error"), [("kbd", KeyboardInterrupt), ("exit", SystemExit)])
+def test_keyboard_interrupt_and_system_exit_reach_the_waiter(
+    kind: str, error: type[BaseException]
+) -> None:
+    with forkwait.offload("processes"):
+        fut = fork(raise_base, kind)
+    with pytest.raises(error):
+        wait(fut)
+
+
+def test_an_argument_that_cannot_be_pickled_fails_at_fork_naming_it() -> None:
+    with forkwait.offload("processes"), pytest.raises(TypeError) as caught:
+        fork(pid_and_square, threading.Lock())
+    message = str(caught.value)
+    assert "argument 0" in message
+    assert "lock" in message
+    assert "forkwait.offload" in message  # what to do instead
+
+
+def test_a_keyword_argument_that_cannot_be_pickled_is_named() -> None:
+    def takes(*, handle: object) -> None: ...
+
+    with forkwait.offload("processes"), pytest.raises(TypeError, match="keyword argument 'handle'"):
+        fork(takes, handle=(i for i in range(3)))
+
+
+def test_a_value_that_cannot_come_back_is_a_clear_error() -> None:
+    with forkwait.offload("processes"):
+        fut = fork(make_lock)
+    with pytest.raises(TypeError, match=r"value returned by make_lock \(lock object"):
+        wait(fut)
+
+
+def test_an_exception_that_cannot_come_back_is_a_clear_error() -> None:
+    with forkwait.offload("processes"):
+        fut = fork(raise_unpicklable)
+    with pytest.raises(TypeError, match=r"exception raised by raise_unpicklable \(Unpicklable"):
+        wait(fut)
+
+
+def test_a_killed_worker_gives_the_waiter_an_error_and_the_next_fork_a_new_pool() -> None:
+    with forkwait.offload("processes"):
+        fut = fork(kill_myself)
+    with pytest.raises(Exception, match="stopped before the call finished"):
+        wait(fut, timeout=30)
+    with forkwait.offload("processes"):
+        assert wait(fork(pid_and_square, 2), timeout=30)[1] == 4
+
+
+@pytest.mark.parametrize("target", ["gpu", 42, None])
+def test_a_bad_target_is_a_value_error_listing_the_right_ones(target: Any) -> None:
+    with pytest.raises(ValueError, match=r"'threads', 'processes', a distributed\.Client"):
+        forkwait.offload(target).__enter__()
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
+def test_bad_max_processes_is_a_value_error(value: Any) -> None:
+    with pytest.raises(ValueError, match="max_processes"):
+        forkwait.configure(max_processes=value)
+
+
+# -- cancellation ----------------------------------------------------------------------
+
+
+def test_cancel_stops_a_queued_call_but_not_a_running_one(
+    one_process: None, tmp_path: Path
+) -> None:
+    gate, marker = tmp_path / "gate", tmp_path / "marker"
+    with forkwait.offload("processes"):
+        running = fork(wait_for_file, str(gate), 30)
+        # The executor hands max_processes + 1 calls to its workers' queue at once, where
+        # they count as running: two fillers take those places.
+        fillers = [fork(pid_and_square, i) for i in range(2)]
+        queued = fork(touch, str(marker))
+    assert queued.cancel()
+    assert queued.cancelled()
+    assert not running.cancel()  # handed to the worker: it cannot be stopped
+    gate.touch()
+    assert wait(running) == "released"
+    forkwait.wait_all(fillers)
+    with pytest.raises(forkwait.CancelledError):
+        wait(queued)
+    assert not marker.exists()
+
+
+# -- scopes and traces -----------------------------------------------------------------
+
+
+def test_a_scope_raises_an_offloaded_failure_and_waits_for_the_rest() -> None:
+    with (  # noqa: PT012
+        pytest.raises(ExceptionGroup) as caught,
+        forkwait.scope(),
+        forkwait.offload("processes"),
+    ):
+        ok = fork(pid_and_square, 2)
+        fork(fail, "in a scope")
+    assert [type(e) for e in caught.value.exceptions] == [KeyError]
+    assert ok.done()
+
+
+def test_a_trace_shows_the_process_that_ran_the_call() -> None:
+    with forkwait.trace() as tr, forkwait.offload("processes"):
+        pid, _ = wait(fork(pid_and_square, 2))
+    (call,) = tr.calls
+    assert call.thread == f"process {pid}"
+    assert call.started_at is not None
+    assert call.ended_at is not None
+    assert call.started_at <= call.ended_at
+    assert "ran in process" in str(tr.graph)
+
+
+# -- exit ------------------------------------------------------------------------------
+
+
+def test_exit_with_calls_still_running_is_prompt_and_says_so(tmp_path: Path) -> None:
+    result = run_script(
+        """
+        import os, time
+        import forkwait
+        from forkwait import fork, wait
+
+        def sleepy(seconds):
+            time.sleep(seconds)
+
+        if __name__ == "__main__":
+            with forkwait.offload("processes"):
+                wait(fork(os.getpid))  # the pool is up
+                fork(sleepy, 60)
+            print("leaving")
+        """,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "leaving" in result.stdout
+    assert "1 offloaded call(s) still running in worker processes at exit" in result.stderr
+    assert "Traceback" not in result.stderr
