@@ -8,7 +8,16 @@ import platform
 import sys
 import time
 
-from . import async_caller, fib, imports, scopes, sync_caller, torch_ensemble, tracing
+from . import (
+    async_caller,
+    fib,
+    imports,
+    offload,
+    scopes,
+    sync_caller,
+    torch_ensemble,
+    tracing,
+)
 from ._harness import Config, Row, Scenario, format_table, progress, run_scenario
 
 
@@ -20,6 +29,7 @@ def all_scenarios() -> list[Scenario]:
         *imports.scenarios(),
         *scopes.scenarios(),
         *tracing.scenarios(),
+        *offload.scenarios(),
         *torch_ensemble.scenarios(),  # last: it imports torch
     ]
 

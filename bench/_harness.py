@@ -157,7 +157,8 @@ def format_table(rows: Sequence[Row]) -> str:
         if row.target is None:
             target = "info"
         else:
-            target = f"<= {row.target:.1f} " + ("**MISS**" if row.missed else "ok")
+            shown = f"{row.target:.1f}" if round(row.target, 1) == row.target else f"{row.target:g}"
+            target = f"<= {shown} " + ("**MISS**" if row.missed else "ok")
         lines.append(
             f"| {row.scenario} | {row.anchor} | {_format(row.anchor_value, row.unit)} "
             f"| {_format(row.forkwait_value, row.unit)} | {row.ratio:.2f} | {target} |"

@@ -1,4 +1,5 @@
-"""Every Python code block in docs/ runs, in a fresh interpreter, as a reader would paste it."""
+"""Every Python code block in docs/ and the README runs, in a fresh interpreter, as a
+reader would paste it."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import pytest
 
 from tests.conftest import run_script
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
 
 def code_blocks() -> list[pytest.ParameterSet]:
     return [
         pytest.param(block, id=f"{page.stem}-{number}")
-        for page in sorted(DOCS.glob("*.md"))
+        for page in PAGES
         for number, block in enumerate(BLOCK.findall(page.read_text()), 1)
     ]
 

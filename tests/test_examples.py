@@ -64,6 +64,26 @@ def test_torch_ensemble_gives_the_sequential_outputs_from_sync_and_async_code() 
     assert len(speedups) == 2, result.stdout
 
 
+@pytest.mark.timeout(120)
+def test_distributed_runs_the_batch_on_threads_processes_and_a_local_cluster() -> None:
+    """The times are printed, not asserted (a timing on a shared machine); `make bench`
+    measures them (row 15)."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(ROOT / "examples" / "distributed.py")],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for target in ("threads", "processes", "dask"):
+        assert re.search(rf"^  {target}: +[\d.]+ s", out, re.MULTILINE), out
+    assert "an error from the cluster: ValueError: expected a positive number, got -1" in out
+    assert "same results everywhere: True" in out
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_anyio_app_runs_on_both_backends(backend: str) -> None:

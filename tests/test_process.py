@@ -39,6 +39,34 @@ def test_a_script_that_forks_and_exits_without_waiting_exits_cleanly() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_exit_does_not_wait_on_each_busy_worker_in_turn() -> None:
+    """40 workers stuck in long calls: exit gives them one short grace period in all
+    (it used to wait 0.2 s for each, 8 s here, past this run's deadline)."""
+    result = run_script(
+        """
+        import threading, time
+        import forkwait
+        from forkwait import fork
+
+        forkwait.configure(max_threads=40)
+        started = threading.Semaphore(0)
+
+        def blocking():
+            started.release()
+            time.sleep(60)
+
+        for _ in range(40):
+            fork(blocking)
+        for _ in range(40):
+            started.acquire()
+        print("leaving")
+        """,
+        timeout=5,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "leaving\n"
+
+
 def test_the_child_of_os_fork_can_fork_and_wait() -> None:
     """After os.fork the parent's loop thread is gone; the child starts its own runtime."""
     result = run_script(

@@ -11,6 +11,7 @@ import pytest
 
 import forkwait
 from forkwait import Future, fork, wait
+from tests.conftest import run_script
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -366,3 +367,35 @@ async def test_a_sync_call_blocked_in_wait_gets_cancelled_error_when_the_group_i
     assert waiter.cancelled()
     never.set()
     assert await outside is True
+
+
+def test_an_attached_scope_works_where_sniffio_is_not_installed() -> None:
+    """anyio no longer needs sniffio; a fork from a worker thread, handed to the task
+    group on the loop, must not need it either."""
+    result = run_script(
+        """
+        import sys
+        sys.modules["sniffio"] = None  # as if it were not installed: importing it fails
+        import anyio
+        import forkwait
+        from forkwait import fork, wait
+
+        async def nap():
+            await anyio.sleep(0.01)
+            return "napped"
+
+        def in_a_worker():
+            return wait(fork(nap))  # a nested fork, from the worker thread
+
+        async def main():
+            async with anyio.create_task_group() as tg:
+                with forkwait.scope(task_group=tg):
+                    fut = fork(in_a_worker)
+            print(await fut)
+
+        anyio.run(main)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "napped\n"
+    assert "Error" not in result.stderr

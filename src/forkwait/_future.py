@@ -306,7 +306,7 @@ class Future(Generic[T]):
     # -- cancellation ------------------------------------------------------------------
 
     def cancel(self) -> bool:
-        """Cancel the call: ``True`` if it will not produce a value.
+        """Cancel the call: ``True`` if it was cancelled, or asked to stop.
 
         A queued call never starts; a running task is cancelled; a sync call already
         running in a thread cannot be stopped, and this returns ``False``. As in asyncio,

@@ -346,8 +346,11 @@ def _start_or_cancel(tg: TaskGroup, keep: Callable[[Future[Any]], Any], fut: Fut
 def _as_asyncio(fn: Callable[[], object]) -> None:
     # A callback from another thread runs in that thread's context, where sniffio (and
     # so anyio) cannot tell that asyncio runs it: say so, for this callback only.
-    import sniffio
-
+    try:
+        import sniffio
+    except ImportError:  # anyio without sniffio takes any running loop for asyncio
+        fn()
+        return
     token = sniffio.current_async_library_cvar.set("asyncio")
     try:
         fn()

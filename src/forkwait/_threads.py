@@ -19,6 +19,7 @@ import inspect
 import os
 import sys
 import threading
+import time
 import weakref
 from _thread import allocate_lock
 from asyncio import events as _events
@@ -61,6 +62,8 @@ IDLE_SECONDS = 10.0
 # inline calls a thread blocks instead (giving its slot back), and a worker with a fresh
 # stack takes the call, so deep recursion of forks does not hit RecursionError.
 MAX_INLINE_DEPTH = 24
+# How long interpreter exit gives the worker threads, all together, to end.
+_EXIT_GRACE_SECONDS = 0.2
 # Results of these types are never awaitable: skip inspect.isawaitable for them.
 _PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, list, tuple, dict})
 
@@ -298,10 +301,13 @@ def _close_at_exit() -> None:
     # interpreter (and the C++ of extension modules such as torch) is being torn down.
     for each in all_pools():
         each.close()
+    # One short grace period for all of them: the idle ones leave within it, and exit
+    # does not wait on the busy ones (their calls are abandoned with the process).
+    deadline = time.monotonic() + _EXIT_GRACE_SECONDS
     current = threading.current_thread()
     for thread in threading.enumerate():
         if thread is not current and thread.name.startswith("forkwait-worker-"):
-            thread.join(timeout=0.2)
+            thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
 
 atexit.register(_close_at_exit)

@@ -241,6 +241,7 @@ class Trace(Observer):
         return html_timeline(self)
 
     def save_html(self, path: str | Path) -> Path:
+        """Write ``to_html()`` to ``path``: open it in any browser, no network needed."""
         target = Path(path)
         target.write_text(self.to_html(), encoding="utf-8")
         return target
