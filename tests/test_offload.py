@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,9 @@ def test_an_exception_that_cannot_come_back_is_a_clear_error() -> None:
 def test_a_killed_worker_gives_the_waiter_an_error_and_the_next_fork_a_new_pool() -> None:
     with forkwait.offload("processes"):
         fut = fork(kill_myself)
-    with pytest.raises(Exception, match="stopped before the call finished"):
+    with pytest.raises(
+        BrokenProcessPool, match=r"running fork\(kill_myself\) was killed by SIGKILL"
+    ):
         wait(fut, timeout=30)
     with forkwait.offload("processes"):
         assert wait(fork(pid_and_square, 2), timeout=30)[1] == 4
@@ -278,19 +281,26 @@ def test_cancel_stops_a_queued_call_but_not_a_running_one(
     gate, marker = tmp_path / "gate", tmp_path / "marker"
     with forkwait.offload("processes"):
         running = fork(wait_for_file, str(gate), 30)
-        # The executor hands max_processes + 1 calls to its workers' queue at once, where
-        # they count as running: two fillers take those places.
-        fillers = [fork(pid_and_square, i) for i in range(2)]
-        queued = fork(touch, str(marker))
+        queued = fork(touch, str(marker))  # the one worker is busy: this waits its turn
+        after = fork(pid_and_square, 3)
     assert queued.cancel()
     assert queued.cancelled()
-    assert not running.cancel()  # handed to the worker: it cannot be stopped
+    assert not running.cancel()  # in the worker: it cannot be stopped
     gate.touch()
     assert wait(running) == "released"
-    forkwait.wait_all(fillers)
+    assert wait(after)[1] == 9  # the queue went on past the cancelled call
     with pytest.raises(forkwait.CancelledError):
         wait(queued)
     assert not marker.exists()
+
+
+def test_calls_queued_behind_a_worker_that_dies_still_run(one_process: None) -> None:
+    with forkwait.offload("processes"):
+        doomed = fork(kill_myself)
+        queued = [fork(pid_and_square, i) for i in range(3)]
+    with pytest.raises(BrokenProcessPool):
+        wait(doomed, timeout=30)
+    assert [v for _, v in forkwait.wait_all(queued, timeout=30)] == [0, 1, 4]
 
 
 # -- scopes and traces -----------------------------------------------------------------
