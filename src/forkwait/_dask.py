@@ -9,8 +9,8 @@ never runs, and the result of one running is dropped.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
-import functools
 import threading
 import uuid
 from collections.abc import Callable
@@ -69,7 +69,9 @@ class Cluster(Target):
         task = self.client.submit(run_on_worker, packed, key=key, pure=False)
         handle = DaskCall(task)
         fut._handle = handle
-        task.add_done_callback(functools.partial(_settle, fut, handle))
+        # Dask runs done callbacks on one thread, where fetching each result would wait
+        # for the one before: fetch on the client's event loop instead, all at once.
+        self.client.loop.add_callback(_settle, self.client, fut, handle, task)
         return fut
 
 
@@ -80,26 +82,21 @@ def run_on_worker(packed: bytes) -> bytes:
     return run_packed(packed, f"dask worker {get_worker().address}")
 
 
-def _settle(fut: Future[Any], handle: DaskCall, task: DaskFuture) -> None:
-    """Finish ``fut`` as its task finished (in Dask's callback thread)."""
-    handle.task = None  # the cluster may let the result go once this is done
-    status = task.status
-    if status == "cancelled":
-        fut._set_cancelled()
-        return
-    if status != "finished":  # "error", or the task was lost with its workers
-        try:
-            error = task.exception()
-        except BaseException as exc:  # it was cancelled meanwhile, say
-            error = exc
-        fut._set_exception(error if error is not None else RuntimeError(f"Dask task {status}"))
-        return
+async def _settle(client: Client, fut: Future[Any], handle: DaskCall, task: DaskFuture) -> None:
+    """Finish ``fut`` as its task finished (a coroutine on the client's event loop)."""
     try:
-        ok, value, handle.ran = unpack_outcome(task.result())
+        packed = await client.gather(task, asynchronous=True)
     except BaseException as exc:
-        if type(exc).__name__ == "CancelledError":  # released between the check and here
+        if task.status == "cancelled" or isinstance(exc, asyncio.CancelledError):
             fut._set_cancelled()
-            return
+        else:  # the task's own failure is inside the outcome: this is the cluster's
+            fut._set_exception(exc)  # KilledWorker, say
+        return
+    finally:
+        handle.task = None  # the cluster may let the result go once this is done
+    try:
+        ok, value, handle.ran = unpack_outcome(packed)
+    except Exception as exc:
         refused = TypeError(
             f"the outcome of fork({describe(fut._func)}) came back from the cluster but "
             f"cannot be unpickled here ({type(exc).__name__}: {exc})"
