@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
 import forkwait
@@ -26,8 +29,17 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(autouse=True, scope="module")
 def _stop_the_pool_after() -> Iterator[None]:
+    """After these tests, stopping the pool leaves no worker process behind."""
     yield
     processes.stop()
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.is_running()
+        and p.status() != psutil.STATUS_ZOMBIE
+        and "forkwait._processes" in " ".join(p.cmdline())
+    ]
+    assert not left, [p.cmdline() for p in left]
 
 
 @pytest.fixture
@@ -355,3 +367,38 @@ def test_exit_with_calls_still_running_is_prompt_and_says_so(tmp_path: Path) -> 
     assert "leaving" in result.stdout
     assert "1 offloaded call(s) still running in worker processes at exit" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_script_without_the_main_guard_gets_an_error_that_says_so(tmp_path: Path) -> None:
+    """Workers import the main script, as multiprocessing's do: without the guard, each
+    would fork again while starting. The calls fail with a message naming the fix,
+    instead of the pool restarting workers forever."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import os\n"
+        "import forkwait\n"
+        "from forkwait import fork, wait\n"
+        "with forkwait.offload('processes'):\n"
+        "    futs = [fork(os.getpid) for _ in range(3)]\n"
+        "for fut in futs:\n"
+        "    try:\n"
+        "        wait(fut, timeout=30)\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, str(exc).split(':')[0])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    assert all(
+        line.startswith("BrokenProcessPool a worker process for fork(getpid) exited")
+        for line in lines
+    ), result.stdout
+    assert all(line.endswith("while starting") for line in lines), result.stdout

@@ -65,12 +65,14 @@ class ProcessCall(Remote):
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    __slots__ = ("call", "conn", "process")
+    __slots__ = ("call", "conn", "process", "started")
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.call: ProcessCall | None = None  # the call it is running
+        #: Whether it said it is ready; one that dies before has failed to start.
+        self.started = False
 
 
 def _serve(conn: Connection) -> None:
@@ -78,6 +80,7 @@ def _serve(conn: Connection) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what
     # stops, and stops the pool with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn.send_bytes(b"")  # started: past importing what the parent's main module needs
     while True:
         try:
             packed = conn.recv_bytes()
@@ -199,7 +202,10 @@ class Processes(Target):
                     except (EOFError, OSError):
                         self._lost(worker)
                         continue
-                    self._finished(worker, outcome)
+                    if worker.started:
+                        self._finished(worker, outcome)
+                    else:
+                        worker.started = True
                 elif worker.conn not in ready or not worker.conn.poll():
                     self._lost(worker)  # its process ended with nothing more to read
 
@@ -219,7 +225,8 @@ class Processes(Target):
             _settle(call, outcome)
 
     def _lost(self, worker: _Worker) -> None:
-        """``worker``'s process died: fail its call, and start another if calls wait."""
+        """``worker``'s process died: fail its call, and start another if calls wait
+        (unless it died starting up, which the next one would do too)."""
         with self._lock:
             if worker not in self._workers:
                 return
@@ -227,27 +234,42 @@ class Processes(Target):
             if worker in self._idle:
                 self._idle.remove(worker)
             call, worker.call = worker.call, None
+            failed = [] if worker.started else list(self._queue)
             replacement = None
-            if self._queue:
+            if failed:
+                self._queue.clear()
+            elif self._queue:
                 replacement = self._start_worker()
                 replacement.call = self._queue.popleft()
         worker.conn.close()
         worker.process.join(timeout=1)
         if replacement is not None and replacement.call is not None:
             self._send(replacement, replacement.call)
-        if call is not None:
-            code = worker.process.exitcode
-            how = (
-                f"was killed by {signal.Signals(-code).name}"
-                if code is not None and code < 0
-                else f"exited with code {code}"
+        code = worker.process.exitcode
+        how = (
+            f"was killed by {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exited with code {code}"
+        )
+        if not worker.started:
+            for each in [call, *failed] if call is not None else failed:
+                each.fut._set_exception(
+                    BrokenProcessPool(
+                        f"a worker process for fork({describe(each.fut._func)}) {how} while "
+                        f"starting: it imports the main module first, as multiprocessing "
+                        f"does, so a script must keep its work under "
+                        f'`if __name__ == "__main__":` and cannot come from stdin (see the '
+                        f"worker's traceback above)"
+                    )
+                )
+        elif call is not None:
+            call.fut._set_exception(
+                BrokenProcessPool(
+                    f"the worker process (pid {worker.process.pid}) running "
+                    f"fork({describe(call.fut._func)}) {how} before the call finished; "
+                    f"the pool starts another process for the next call"
+                )
             )
-            died = BrokenProcessPool(
-                f"the worker process (pid {worker.process.pid}) running "
-                f"fork({describe(call.fut._func)}) {how} before the call finished; "
-                f"the pool starts another process for the next call"
-            )
-            call.fut._set_exception(died)
 
     def _retire(self, worker: _Worker) -> None:
         """Let an idle ``worker`` go (under the lock)."""
