@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck docs pytest bench bench-instructions clean
+.PHONY: demo test lint typecheck docs pytest stress stress-ci soak bench bench-instructions clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
-test: lint typecheck docs pytest
+test: lint typecheck docs pytest stress-ci
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples docs
@@ -32,6 +32,23 @@ docs: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+# The concurrency tests, again and again, in file order: `make stress` repeats them 20
+# times, `make test` twice. `make soak` runs a million fork/wait cycles and prints the
+# memory and thread curve (minutes; not part of `make test`).
+STRESS_COUNT ?= 20
+STRESS_TESTS := tests/test_races.py tests/test_cancel.py tests/test_nesting.py \
+	tests/test_reliability.py tests/test_offload.py
+STRESS_SKIP := not thousand_pending and not fifty_thousand_cycles and not guard
+
+stress: $(STAMP)
+	$(BIN)/pytest -q -p no:randomly --count=$(STRESS_COUNT) -k "$(STRESS_SKIP)" $(STRESS_TESTS)
+
+stress-ci: $(STAMP)
+	$(MAKE) --no-print-directory stress STRESS_COUNT=2
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --cycles 1000000
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -32,6 +32,8 @@ from ._torch import bind as bind_torch_state
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 _FunctionType = types.FunctionType
+_CoroutineType: Any = types.CoroutineType  # Any: the test below narrows nothing
+_is_awaitable: Callable[[object], bool] = inspect.isawaitable  # a plain bool: no narrowing
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -74,6 +76,12 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         except Exception as exc:  # bad arguments: the waiter gets them, as for sync calls
             fut._handle = None
             fut._set_exception(exc)
+            return fut
+        if type(coro) is not _CoroutineType and not _is_awaitable(coro):
+            # It only looked like a coroutine function: what it returned is the value,
+            # as for a sync callable.
+            fut._handle = None
+            fut._set_result(coro)
             return fut
         loop = _get_running_loop()
         if loop is not None:

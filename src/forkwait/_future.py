@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ._callables import describe
 from ._hooks import Observer, get_observer
-from ._hosts import HostedTask, Remote, Slot, take, trio_token
+from ._hosts import HostedTask, Remote, Slot, abandon_if_its_loop_closed, take, trio_token
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from ._threads import block_until_done
 
@@ -247,6 +247,7 @@ class Future(Generic[T]):
             return cast(T, self._value)
         if self._state > DONE:
             return self._outcome()
+        _refuse_awaiting_itself(self, loop)
         waiter: asyncio.Future[T] = loop.create_future()
         if not self._add_waiter(waiter):
             return self._outcome()
@@ -266,6 +267,8 @@ class Future(Generic[T]):
 
     def _wait_on(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
         """Await the outcome through a waiter future of ``loop``."""
+        _refuse_awaiting_itself(self, loop)
+        abandon_if_its_loop_closed(self)
         waiter: asyncio.Future[T] = loop.create_future()
         observer = get_observer()
         if observer is not None:
@@ -539,6 +542,15 @@ def _run_callback(fn: Callable[[Any], object], fut: Future[Any]) -> None:
         # BaseExceptions too: raised here they would skip the other waiters and kill
         # the worker thread that happened to finish the call.
         logger.exception("Exception in done callback %r of %r", fn, fut)
+
+
+def _refuse_awaiting_itself(fut: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    handle = fut._handle
+    if type(handle) is _Task and asyncio.current_task(loop) is handle:
+        raise RuntimeError(
+            f"fork({describe(fut._func)}) awaits its own future from inside the call: "
+            f"it would wait forever; return the value instead of awaiting it"
+        )
 
 
 def _cancel_task(fut: Future[Any]) -> None:

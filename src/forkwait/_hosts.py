@@ -15,6 +15,7 @@ from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
+from ._callables import describe
 from ._runtime import runtime
 from ._state import DONE, RUNNING
 
@@ -46,12 +47,12 @@ thread_state = ThreadState()
 #: Marks "not inside a forked call": the host must be looked up (see thread_host).
 UNRESOLVED: Any = object()
 
-#: Inside a forked sync call: the loop it works for (spec rule 2), and how many queued
-#: calls its thread is running inline, one inside the other. Each call runs in a
-#: context of its own, so a context variable is per call and per thread at once, and
-#: reading one costs a third of reading a thread-local.
-call_frame: contextvars.ContextVar[tuple[Host, int]] = contextvars.ContextVar(
-    "forkwait_call_frame", default=(UNRESOLVED, 0)
+#: Inside a forked sync call: the loop it works for (spec rule 2), how many queued
+#: calls its thread is running inline, one inside the other, and the call's own future.
+#: Each call runs in a context of its own, so a context variable is per call and per
+#: thread at once, and reading one costs a third of reading a thread-local.
+call_frame: contextvars.ContextVar[tuple[Host, int, Any]] = contextvars.ContextVar(
+    "forkwait_call_frame", default=(UNRESOLVED, 0, None)
 )
 get_call_frame = call_frame.get
 
@@ -146,7 +147,8 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
     except GeneratorExit:
         # The task was destroyed unfinished (its loop closed): it will never end.
         close_awaitable(awaitable)
-        fut._set_cancelled()
+        if fut._state < DONE:  # a waiter may have found the loop closed first
+            fut._set_cancelled()
         raise
     except BaseException as exc:
         # KeyboardInterrupt and SystemExit included: they belong to the waiter, not to
@@ -161,6 +163,28 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
         fut._state = DONE
         if fut._waiters is not None:
             fut._drain()
+
+
+_settling_orphans = threading.Lock()
+
+
+def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
+    """A task whose event loop was closed before it finished never will: fail its
+    future with an error that says so, rather than leave its waiters blocked for good."""
+    handle: Any = fut._handle
+    if not isinstance(handle, asyncio.Task) or not handle.get_loop().is_closed():
+        return
+    with _settling_orphans:  # two waiters may find it at once; one settles it
+        if fut._state >= DONE:
+            return
+        fut._handle = None
+        fut._set_exception(
+            RuntimeError(
+                f"fork({describe(fut._func)}) can never finish: the event loop running it "
+                f"was closed first (asyncio.run() and anyio.run() end their tasks before "
+                f"closing; a loop closed by hand leaves them hanging)"
+            )
+        )
 
 
 def spawn(

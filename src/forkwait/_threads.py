@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
+import logging
 import os
 import sys
 import threading
@@ -27,11 +28,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from ._callables import describe
 from ._config import settings
 from ._hosts import (
     Host,
     HostedTask,
     Members,
+    abandon_if_its_loop_closed,
     call_frame,
     get_call_frame,
     spawn,
@@ -42,6 +45,8 @@ from ._hosts import (
 from ._state import DONE, FAILED, QUEUED, RUNNING
 from ._torch import bind_inline as bind_torch_inline
 from ._torch import clean_up as clean_torch_state
+
+logger = logging.getLogger("forkwait")
 
 if TYPE_CHECKING:
     import contextvars
@@ -69,7 +74,10 @@ _PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, lis
 
 
 def _enter(
-    frame: tuple[Host, int], func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    frame: tuple[Host, int, Any],
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Any:
     _set_call_frame(frame)  # in the call's own context, so nothing to restore
     return func(*args, **kwargs)
@@ -79,7 +87,7 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     """Run a taken sync call in this thread, ``depth`` calls deep inline, and settle ``fut``."""
     func, args, kwargs, context, host = call
     try:
-        value = context.run(_enter, (host, depth), func, args, kwargs)
+        value = context.run(_enter, (host, depth, fut), func, args, kwargs)
     except BaseException as exc:
         if "torch" in _modules:
             clean_torch_state(func)
@@ -299,15 +307,31 @@ def _drop_pool(key: int) -> None:
 def _close_at_exit() -> None:
     # Idle workers are daemon threads; ended now, none is left to wake up while the
     # interpreter (and the C++ of extension modules such as torch) is being torn down.
-    for each in all_pools():
+    pools = all_pools()
+    never_started = [fut for each in pools for fut in list(each._jobs) if fut._state == QUEUED]
+    for each in pools:
         each.close()
     # One short grace period for all of them: the idle ones leave within it, and exit
     # does not wait on the busy ones (their calls are abandoned with the process).
     deadline = time.monotonic() + _EXIT_GRACE_SECONDS
     current = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not current and thread.name.startswith("forkwait-worker-"):
-            thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+    workers = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not current and thread.name.startswith("forkwait-worker-")
+    ]
+    for thread in workers:
+        thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+    busy = sum(thread.is_alive() for thread in workers)
+    if busy or never_started:
+        names = sorted({describe(fut._func) for fut in never_started})
+        logger.warning(
+            "forkwait: at exit, %d sync call(s) were still running in worker threads and "
+            "%d had not started%s; they were abandoned",
+            busy,
+            len(never_started),
+            f" ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else "",
+        )
 
 
 atexit.register(_close_at_exit)
@@ -381,6 +405,7 @@ def block(fut: Future[Any], timeout: float | None) -> None:
             for member in members:
                 if member._state < DONE:
                     _wait_for_member(member)
+    refuse_hopeless_wait(fut)
     waiter = allocate_lock()
     waiter.acquire()
     if not fut._add_waiter(waiter):
@@ -438,6 +463,7 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
         and fut._state >= DONE
     ):
         return
+    refuse_hopeless_wait(fut)
     wake = _WakeOnce()
     if not fut._add_waiter(wake):
         return
@@ -458,6 +484,17 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
     if woken:
         raise _scope_cancelled(fut)
     raise TimeoutError(f"{fut!r} did not finish within {timeout} seconds; it keeps running")
+
+
+def refuse_hopeless_wait(fut: Future[Any]) -> None:
+    """Raise instead of blocking for good: on the call's own future from inside the
+    call, or on a task whose event loop has been closed (it can never finish)."""
+    if get_call_frame()[2] is fut:
+        raise RuntimeError(
+            f"fork({describe(fut._func)}) waits on its own future from inside the call: "
+            f"it would wait forever; return the value instead of waiting for it"
+        )
+    abandon_if_its_loop_closed(fut)
 
 
 def _scope_cancelled(fut: Future[Any]) -> BaseException:

@@ -1,0 +1,459 @@
+"""Load, threads at once, faults, cancellation storms and hostile input: nothing lost,
+nothing hung, every future done exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import forkwait
+from forkwait import Future, fork, wait
+from tests.conftest import run_script
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- load ------------------------------------------------------------------------------
+
+
+def test_twenty_thousand_pending_coroutine_forks_complete_within_the_memory_target() -> None:
+    """Memory per pending fork stays within the core target (1.5x a pending task);
+    `make soak` does the same with 100,000."""
+
+    async def main() -> tuple[float, float]:
+        gate = asyncio.Event()
+
+        async def blocked(i: int) -> int:
+            await gate.wait()
+            return i
+
+        count = 20_000
+        per_fork = await _pending_bytes(lambda: [fork(blocked, i) for i in range(count)], count)
+        futs = _held.pop()
+        gate.set()
+        values = [await fut for fut in futs]
+        assert values == list(range(count))
+        gate.clear()
+        per_task = await _pending_bytes(
+            lambda: [asyncio.ensure_future(blocked(i)) for i in range(count)], count
+        )
+        tasks = _held.pop()
+        gate.set()
+        await asyncio.gather(*tasks)
+        return per_fork, per_task
+
+    per_fork, per_task = asyncio.run(main())
+    assert per_fork <= 1.5 * per_task, (per_fork, per_task)
+
+
+_held: list[Any] = []
+
+
+async def _pending_bytes(start: Any, count: int) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        _held.append(start())
+        for _ in range(3):  # every one starts and blocks on the gate
+            await asyncio.sleep(0)
+        return (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+
+
+def test_fifty_thousand_cycles_return_to_the_baseline() -> None:
+    """The soak run in CI size: sync and async callers and callees, then the end state."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--cycles", "50000", "--pending", "0", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "end state: back to baseline", result.stdout
+
+
+# -- many threads at once ----------------------------------------------------------------
+
+
+def test_sixteen_threads_forking_waiting_cancelling_and_adding_callbacks() -> None:
+    """Shared futures under 16 threads for two seconds: every future ends once, every
+    callback runs once, and no exception is lost."""
+    shared: list[Future[int]] = []
+    shared_lock = threading.Lock()
+    callbacks: Counter[int] = Counter()
+    added: Counter[int] = Counter()
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 2.0
+
+    def work(i: int) -> int:
+        if i % 7 == 0:
+            raise ValueError(i)
+        return i
+
+    def on_done(fut: Future[int]) -> None:
+        callbacks[id(fut)] += 1
+
+    def hammer(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while time.monotonic() < stop:
+                action = rng.random()
+                if action < 0.4 or not shared:
+                    fut = fork(work, rng.randrange(1000))
+                    with shared_lock:
+                        shared.append(fut)
+                        added[id(fut)] += 1
+                    fut.add_done_callback(on_done)
+                    continue
+                with shared_lock:
+                    fut = rng.choice(shared)
+                if action < 0.7:
+                    try:
+                        wait(fut, timeout=10)
+                    except (ValueError, forkwait.CancelledError):
+                        pass
+                elif action < 0.85:
+                    fut.cancel()
+                else:
+                    fut.add_done_callback(on_done)
+                    with shared_lock:
+                        added[id(fut)] += 1
+        except BaseException as exc:  # anything else is a bug: keep it for the assert
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    assert not errors, errors
+    forkwait.wait_all([forkwait.collect_all(shared)], timeout=30)
+    assert all(fut.done() for fut in shared)
+    # A callback added to a future runs once per adding; none twice, none missed.
+    deadline = time.monotonic() + 10
+    while callbacks != added and time.monotonic() < deadline:
+        time.sleep(0.01)  # the last callbacks run in worker threads just after wait ends
+    assert callbacks == added
+    for fut in shared:
+        if not fut.cancelled() and fut.exception() is not None:
+            assert isinstance(fut.exception(), ValueError)
+
+
+# -- faults ------------------------------------------------------------------------------
+
+
+def test_faults_in_callbacks_then_and_nested_forks_reach_someone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def boom(_: object) -> None:
+        raise RuntimeError("in a callback")
+
+    ran: list[str] = []
+    fut = fork(abs, -1)
+    fut.add_done_callback(boom)
+    fut.add_done_callback(lambda _: ran.append("next callback"))
+    assert wait(fut) == 1
+    chained = fut.then(lambda f: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        wait(chained)
+
+    def inner() -> None:
+        raise KeyError("nested")
+
+    def outer() -> None:
+        wait(fork(inner))
+
+    with pytest.raises(KeyError, match="nested"):
+        wait(fork(outer))
+    deadline = time.monotonic() + 5
+    while not ran and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran == ["next callback"]  # the failing callback stopped no other
+    assert "in a callback" in caplog.text  # and it was logged, not lost
+
+
+def test_sigint_interrupts_a_main_thread_blocked_in_wait() -> None:
+    code = """
+        import threading, time
+        from forkwait import fork, wait
+
+        started = threading.Event()
+
+        def forever():
+            started.set()
+            time.sleep(60)
+
+        fut = fork(forever)
+        started.wait()
+        print("blocking", flush=True)
+        try:
+            wait(fut)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    process = subprocess.Popen(
+        [sys.executable, "-c", _dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "blocking\n"
+        time.sleep(0.1)  # let it reach the blocking acquire: a signal before is fine too
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert out == "interrupted\n", err
+    assert process.returncode == 0, err
+
+
+def test_exit_with_pending_sync_and_async_forks_reports_what_was_abandoned() -> None:
+    result = run_script(
+        """
+        import asyncio, threading, time
+        import forkwait
+        from forkwait import fork
+
+        forkwait.configure(max_threads=1)
+        started = threading.Event()
+
+        def blocking():
+            started.set()
+            time.sleep(60)
+
+        async def sleepy():
+            await asyncio.sleep(60)
+
+        fork(blocking)
+        started.wait()
+        fork(blocking)  # queued behind the first: never starts
+        fork(sleepy)
+        print("leaving")
+        """,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "leaving\n"
+    assert "1 forked call(s) still running when the default runtime stopped" in result.stderr
+    assert (
+        "1 sync call(s) were still running in worker threads and 1 had not started "
+        "(blocking); they were abandoned" in result.stderr
+    )
+
+
+def test_a_multiprocessing_fork_child_can_fork_and_wait() -> None:
+    result = run_script(
+        """
+        import multiprocessing, os
+        from forkwait import fork, wait
+
+        async def twice(x):
+            return 2 * x
+
+        def child(queue):
+            queue.put((wait(fork(abs, -3)), wait(fork(twice, 4))))
+
+        if __name__ == "__main__":
+            print(wait(fork(twice, 1)))  # the parent's runtime and a worker exist
+            context = multiprocessing.get_context("fork")
+            queue = context.Queue()
+            process = context.Process(target=child, args=(queue,))
+            process.start()
+            print(queue.get(timeout=20))
+            process.join(20)
+            print(process.exitcode)
+        """,
+        timeout=40,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["2", "(3, 8)", "0"]
+
+
+# -- cancellation storms -----------------------------------------------------------------
+
+
+def test_ten_thousand_cancelled_futures_with_sync_and_async_waiters() -> None:
+    """Each waiter gets the value or CancelledError, never both and never a hang."""
+    count = 10_000
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    async def slow(i: int) -> int:
+        await asyncio.sleep(0.001 * (i % 5))
+        return i
+
+    futs = [fork(slow, i) if i % 2 else fork(time.sleep, 0) for i in range(count)]
+
+    def sync_waiter(chunk: list[Future[Any]]) -> None:
+        for fut in chunk:
+            try:
+                wait(fut, timeout=30)
+                kind = "value"
+            except forkwait.CancelledError:
+                kind = "cancelled"
+            with lock:
+                outcomes[kind] += 1
+
+    async def async_waiters() -> Counter[str]:
+        seen: Counter[str] = Counter()
+
+        async def one(fut: Future[Any]) -> None:
+            try:
+                await fut
+                seen["value"] += 1
+            except forkwait.CancelledError:
+                seen["cancelled"] += 1
+
+        await asyncio.wait_for(asyncio.gather(*(one(f) for f in futs)), 60)
+        return seen
+
+    threads = [threading.Thread(target=sync_waiter, args=(futs[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for fut in futs[::3]:
+        fut.cancel()
+    async_seen = asyncio.run(async_waiters())
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert sum(outcomes.values()) == count
+    assert sum(async_seen.values()) == count
+    cancelled = sum(fut.cancelled() for fut in futs)
+    assert outcomes["cancelled"] == async_seen["cancelled"] == cancelled
+
+
+# -- hostile input -----------------------------------------------------------------------
+
+
+def test_a_callable_whose_call_raises_gives_the_waiter_its_exception() -> None:
+    class Raises:
+        def __call__(self) -> None:
+            raise LookupError("from __call__")
+
+    with pytest.raises(LookupError, match="from __call__"):
+        wait(fork(Raises()))
+
+
+def test_an_object_lying_about_being_a_coroutine_function_gives_its_value() -> None:
+    class Liar:
+        _is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+
+        def __call__(self) -> int:
+            return 42
+
+    assert wait(fork(Liar())) == 42
+
+
+def test_a_result_whose_del_raises_is_reported_and_loses_nothing() -> None:
+    unraisable: list[Any] = []
+    deleted = threading.Event()
+
+    class Hostile:
+        def __del__(self) -> None:
+            deleted.set()
+            raise RuntimeError("from __del__")
+
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        value = wait(fork(Hostile))
+        assert isinstance(value, Hostile)
+        del value
+        gc.collect()
+        # The worker that ran the call may hold the future a moment longer.
+        assert deleted.wait(10)
+        assert wait(fork(abs, -5)) == 5  # the next call is fine
+    finally:
+        sys.unraisablehook = hook
+    assert [str(u.exc_value) for u in unraisable] == ["from __del__"]
+
+
+def test_a_huge_argument_list() -> None:
+    args = tuple(range(200_000))
+    assert wait(fork(max, *args)) == 199_999
+    kwargs = {f"k{i}": i for i in range(50_000)}
+    assert wait(fork(lambda **kw: len(kw), **kwargs)) == 50_000
+
+
+def test_recursion_deeper_than_the_thread_limit_in_sync_code(max_threads: Any) -> None:
+    max_threads(1)
+
+    def depth(n: int) -> int:
+        return 0 if n == 0 else 1 + wait(fork(depth, n - 1))
+
+    assert wait(fork(depth, 300)) == 300
+
+
+def test_a_call_that_waits_on_its_own_future_is_told_so() -> None:
+    box: list[Future[Any]] = []
+    ready = threading.Event()
+
+    def waits_on_itself() -> Any:
+        ready.wait(10)
+        return wait(box[0])
+
+    box.append(fork(waits_on_itself))
+    ready.set()
+    with pytest.raises(RuntimeError, match="waits on its own future"):
+        wait(box[0], timeout=10)
+
+
+def test_a_task_that_awaits_its_own_future_is_told_so() -> None:
+    async def main() -> None:
+        box: list[Future[Any]] = []
+
+        async def awaits_itself() -> Any:
+            await asyncio.sleep(0)
+            return await box[0]
+
+        box.append(fork(awaits_itself))
+        with pytest.raises(RuntimeError, match="awaits its own future"):
+            await asyncio.wait_for(box[0], 10)
+
+    asyncio.run(main())
+
+
+def test_wait_on_a_future_whose_loop_was_closed_says_so() -> None:
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    async def start() -> Future[None]:
+        return fork(forever)
+
+    loop = asyncio.new_event_loop()
+    fut = loop.run_until_complete(start())
+    loop.close()
+    with pytest.raises(RuntimeError, match="the event loop running it was closed"):
+        wait(fut, timeout=10)
+
+    async def from_another_loop() -> None:
+        with pytest.raises(RuntimeError, match="the event loop running it was closed"):
+            await fut
+
+    asyncio.run(from_another_loop())
+
+
+def _dedent(code: str) -> str:
+    import textwrap
+
+    return textwrap.dedent(code)
