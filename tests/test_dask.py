@@ -12,7 +12,7 @@ import anyio
 import dask
 import psutil
 import pytest
-from distributed import Client, Event, LocalCluster
+from distributed import Client, Event, LocalCluster, Queue
 
 import forkwait
 from forkwait import fork, wait
@@ -63,6 +63,7 @@ def fail(message: str) -> None:
 
 
 def wait_for_event(name: str) -> str:
+    Queue(f"{name}-started").put(os.getpid())  # tell the test this worker is taken
     Event(name).wait(timeout=60)
     return "released"
 
@@ -112,9 +113,13 @@ async def test_awaitable_on_every_backend(client: Client, anyio_backend: Any) ->
 
 def test_cancel_releases_a_queued_task_on_the_cluster(client: Client, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
+    client.wait_for_workers(2, timeout=60)  # a worker killed by another test is back
     gate = Event("gate", client=client)
+    started = Queue("gate-started", client=client)
     with forkwait.offload(client):
-        blockers = [fork(wait_for_event, "gate") for _ in range(2)]  # both workers busy
+        blockers = [fork(wait_for_event, "gate") for _ in range(2)]
+    assert len({started.get(timeout=60) for _ in range(2)}) == 2  # both workers busy
+    with forkwait.offload(client):
         queued = fork(touch, str(marker))
     try:
         key = queued._handle.task.key
@@ -122,8 +127,10 @@ def test_cancel_releases_a_queued_task_on_the_cluster(client: Client, tmp_path: 
         with pytest.raises(forkwait.CancelledError):
             wait(queued, timeout=30)
         assert queued.cancelled()
-        # The scheduler forgets the task once the client's release reaches it.
-        assert client.run_on_scheduler(_forgets, key=key), "the cluster still has the task"
+        # The scheduler forgets the task once the client's release reaches it, and the
+        # worker that holds it in its queue once the scheduler's message reaches that.
+        assert client.run_on_scheduler(_forgets, key=key), "the scheduler still has it"
+        assert all(client.run(_worker_forgets, key=key).values()), "a worker still has it"
     finally:
         gate.set()  # whatever happened, free the workers for the other tests
     assert forkwait.wait_all(blockers, timeout=60) == ["released", "released"]
@@ -132,12 +139,21 @@ def test_cancel_releases_a_queued_task_on_the_cluster(client: Client, tmp_path: 
 
 async def _forgets(dask_scheduler: Any, key: str) -> bool:
     """On the scheduler: whether ``key`` leaves its tasks within 30 s."""
+    return await _gone(lambda: key in dask_scheduler.tasks)
+
+
+async def _worker_forgets(dask_worker: Any, key: str) -> bool:
+    """On a worker: whether ``key`` leaves its tasks within 30 s."""
+    return await _gone(lambda: key in dask_worker.state.tasks)
+
+
+async def _gone(present: Any) -> bool:
     import asyncio
 
     for _ in range(3000):
-        if key not in dask_scheduler.tasks:
+        if not present():
             return True
-        await asyncio.sleep(0.01)  # the scheduler's own state: nothing to wait on but time
+        await asyncio.sleep(0.01)  # the cluster's own state: nothing to wait on but time
     return False
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -19,7 +20,7 @@ import psutil
 import pytest
 
 import forkwait
-from forkwait import fork, wait
+from forkwait import Future, fork, wait
 from forkwait._payload import RemoteTraceback
 from forkwait._processes import processes
 from tests.conftest import run_script
@@ -365,7 +366,7 @@ def test_exit_with_calls_still_running_is_prompt_and_says_so(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert "leaving" in result.stdout
-    assert "1 offloaded call(s) still running in worker processes at exit" in result.stderr
+    assert "at exit, 1 offloaded call(s) still running in worker processes" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -402,3 +403,168 @@ def test_a_script_without_the_main_guard_gets_an_error_that_says_so(tmp_path: Pa
         for line in lines
     ), result.stdout
     assert all(line.endswith("while starting") for line in lines), result.stdout
+
+
+# -- found in review: races and lifecycles ------------------------------------------------
+
+
+def nested_in_a_worker(n: int) -> list[int]:
+    with forkwait.offload("processes"):
+        return [v for _, v in forkwait.wait_all([fork(pid_and_square, i) for i in range(n)])]
+
+
+def test_a_then_callback_that_waits_on_another_offloaded_call_does_not_deadlock(
+    one_process: None,
+) -> None:
+    """Callbacks run in a worker thread of this process, not in the pool's reader,
+    which must stay free to finish the call the callback waits for."""
+    with forkwait.offload("processes"):
+        first = fork(pid_and_square, 1)
+        second = fork(pid_and_square, 2)
+    chained = first.then(lambda f: f.result()[1] + wait(second, timeout=20)[1])
+    assert wait(chained, timeout=30) == 5
+
+
+def test_the_reader_survives_the_limit_changing_under_load() -> None:
+    before = forkwait.configure().max_processes
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def toggle() -> None:
+        n = 0
+        while not stop.is_set():
+            forkwait.configure(max_processes=1 if n % 2 else 3)
+            n += 1
+            time.sleep(0.002)  # a limit that keeps changing, not a synchronisation
+
+    def submit() -> None:
+        try:
+            with forkwait.offload("processes"):
+                for i in range(25):
+                    assert wait(fork(pid_and_square, i), timeout=20)[1] == i * i
+        except BaseException as exc:
+            failures.append(exc)
+
+    toggler = threading.Thread(target=toggle)
+    submitters = [threading.Thread(target=submit) for _ in range(3)]
+    toggler.start()
+    for thread in submitters:
+        thread.start()
+    for thread in submitters:
+        thread.join(60)
+    stop.set()
+    toggler.join(10)
+    forkwait.configure(max_processes=before)
+    assert not failures, failures
+    with forkwait.offload("processes"):
+        assert wait(fork(pid_and_square, 7), timeout=20)[1] == 49
+
+
+def test_raising_the_limit_starts_workers_for_queued_calls_in_fork_order(
+    one_process: None, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    with forkwait.offload("processes"):
+        blocker = fork(wait_for_file, str(gate), 30)
+        queued = [fork(pid_and_square, i) for i in range(3)]
+    forkwait.configure(max_processes=2)
+    with forkwait.offload("processes"):
+        later = fork(pid_and_square, 10)  # queued calls go first, in fork order
+    # The first queued call runs on the new worker while the blocker holds the old one.
+    assert wait(queued[0], timeout=30)[1] == 0
+    gate.touch()
+    assert [v for _, v in forkwait.wait_all([*queued, later], timeout=30)] == [0, 1, 4, 100]
+    assert wait(blocker) == "released"
+
+
+def test_stop_racing_submitters_settles_every_future_exactly_once() -> None:
+    settled: Counter[int] = Counter()
+    futures: list[Future[Any]] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        with forkwait.offload("processes"):
+            for i in range(40):
+                fut = fork(pid_and_square, i)
+                fut.add_done_callback(lambda f: settled.update([id(f)]))
+                with lock:
+                    futures.append(fut)
+
+    threads = [threading.Thread(target=submit) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for _ in range(5):
+        processes.stop()
+    for thread in threads:
+        thread.join(30)
+    for fut in futures:
+        try:
+            wait(fut, timeout=30)
+        except (BrokenProcessPool, forkwait.CancelledError):
+            pass  # stopped with its pool: a clear end, not a hang
+    deadline = time.monotonic() + 10
+    while len(settled) < len(futures) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the last callbacks run in worker threads just after
+    assert all(fut.done() for fut in futures)
+    assert set(settled.values()) == {1}, "a future was settled twice"
+    assert len(settled) == len(futures)
+
+
+def test_a_worker_killed_by_a_real_time_signal_is_reported(
+    one_process: None, tmp_path: Path
+) -> None:
+    with forkwait.offload("processes"):
+        wait(fork(pid_and_square, 0))  # the one worker is up, and idle
+        victim = fork(wait_for_file, str(tmp_path / "never"), 30)  # handed to it at once
+    run = processes._run
+    assert run is not None
+    (worker,) = [w for w in run.workers if w.call is victim._handle]
+    os.kill(worker.process.pid, signal.SIGRTMIN + 6)  # type: ignore[arg-type]
+    with pytest.raises(BrokenProcessPool, match="killed by signal"):
+        wait(victim, timeout=20)
+    with forkwait.offload("processes"):
+        assert wait(fork(pid_and_square, 3), timeout=20)[1] == 9  # and replaced
+
+
+def test_a_pool_used_inside_a_worker_process_does_not_hold_up_exit(tmp_path: Path) -> None:
+    result = run_script(
+        """
+        import forkwait
+        from forkwait import fork, wait
+        from tests.test_offload import nested_in_a_worker
+
+        if __name__ == "__main__":
+            with forkwait.offload("processes"):
+                print(wait(fork(nested_in_a_worker, 3), timeout=60))
+        """,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[0, 1, 4]\n"
+
+
+def test_a_child_of_os_fork_uses_a_pool_of_its_own(tmp_path: Path) -> None:
+    result = run_script(
+        """
+        import os
+        import forkwait
+        from forkwait import fork, wait
+        from tests.test_offload import pid_and_square
+
+        if __name__ == "__main__":
+            with forkwait.offload("processes"):
+                print("parent", wait(fork(pid_and_square, 3))[1], flush=True)
+            child = os.fork()
+            if child == 0:
+                with forkwait.offload("processes"):
+                    print("child", wait(fork(pid_and_square, 4), timeout=30)[1], flush=True)
+                os._exit(0)
+            _, status = os.waitpid(child, 0)
+            print("child exit", os.waitstatus_to_exitcode(status))
+        """,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["parent 9", "child 16", "child exit 0"]

@@ -79,8 +79,8 @@ def configure(
     ``wait`` does not count, and a thread waiting on a call that has not started runs it
     itself); it takes effect at once. ``loop`` (``"uvloop"`` or ``"asyncio"``) must be
     chosen before the default runtime starts, on the first fork from plain sync code.
-    ``max_processes`` sizes the process pool (one process per core by default); a pool
-    already running is replaced on the next fork. ``offload`` is where sync calls forked
+    ``max_processes`` sizes the process pool (one process per core by default); a lower
+    limit lets idle workers go, a higher one starts more. ``offload`` is where sync calls forked
     outside any ``forkwait.offload()`` run: ``"threads"`` (the default), ``"processes"``,
     a ``distributed.Client`` or a Dask scheduler address. ::
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._callables import describe
 from ._future import new_future
-from ._hosts import Remote
+from ._hosts import Remote, thread_state
 from ._offload import Target
 from ._payload import pack_call, run_packed, unpack_outcome
 from ._state import RUNNING
@@ -84,6 +84,7 @@ def run_on_worker(packed: bytes) -> bytes:
 
 async def _settle(client: Client, fut: Future[Any], handle: DaskCall, task: DaskFuture) -> None:
     """Finish ``fut`` as its task finished (a coroutine on the client's event loop)."""
+    thread_state.serves_others = True  # callbacks must not block the client: see _future
     try:
         packed = await client.gather(task, asynchronous=True)
     except BaseException as exc:

@@ -14,7 +14,15 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from ._callables import describe
 from ._hooks import Observer, get_observer
-from ._hosts import HostedTask, Remote, Slot, abandon_if_its_loop_closed, take, trio_token
+from ._hosts import (
+    HostedTask,
+    Remote,
+    Slot,
+    abandon_if_its_loop_closed,
+    take,
+    thread_state,
+    trio_token,
+)
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from ._threads import block_until_done
 
@@ -494,6 +502,10 @@ class Future(Generic[T]):
                     loop.call_soon_threadsafe(self._settle, future)
                 except RuntimeError:
                     pass  # that loop is closed: nobody is left to wake
+        elif thread_state.serves_others:
+            from ._threads import call_in_a_worker
+
+            call_in_a_worker(_run_callback, waiter, self)
         else:
             _run_callback(waiter, self)
 

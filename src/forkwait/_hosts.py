@@ -40,6 +40,9 @@ class ThreadState(threading.local):
     #: In sequential mode, a sync call running inline hides the loop of its thread (an
     #: asyncio loop or a trio run's token): this is that loop.
     hidden_host: Any = None
+    #: A thread that finishes calls for many others (a process pool's reader, a Dask
+    #: client's event loop): callbacks, which may block, run in a worker thread instead.
+    serves_others = False
 
 
 thread_state = ThreadState()

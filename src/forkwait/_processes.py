@@ -1,18 +1,23 @@
 """``offload("processes")``: sync calls in a pool of worker processes.
 
-Each worker process serves one call at a time over a pipe of its own: the forking
-thread sends the call (pickled at ``fork``) straight down an idle worker's pipe, and
-one reader thread per pool takes the outcomes off the pipes and finishes the futures.
-That is two thread hand-offs fewer than ``ProcessPoolExecutor``, which queues through
-a manager thread and a feeder thread. A call waits in the pool's own queue until a
-worker is free, so ``cancel()`` stops every call that has not been handed to a worker.
+Each worker process serves one call at a time over a pipe of its own: a call goes
+straight down an idle worker's pipe, and one reader thread per pool takes the outcomes
+off the pipes and finishes the futures. That is two thread hand-offs fewer than
+``ProcessPoolExecutor``, which queues through a manager thread and a feeder thread. A
+call waits in the pool's own queue, in fork order, until a worker is free, so
+``cancel()`` stops every call that no worker has yet.
 
-Workers start with ``forkserver`` (``spawn`` where there is none), never plain
-``fork``: this process has threads, and a forked copy of a process with threads can
-deadlock. They start on demand, up to ``configure(max_processes=...)``; one that dies
-fails the call it was running with ``BrokenProcessPool`` and is replaced. At exit the
-pool stops at once: calls still running or queued are stopped, and counted in one
-warning, instead of holding up the exit.
+Workers start with ``forkserver`` (``spawn`` where there is none, and in a child made
+by ``os.fork``), never plain ``fork``: this process has threads, and a forked copy of
+a process with threads can deadlock. They start on demand, up to
+``configure(max_processes=...)``; one that dies fails the call it was running with
+``BrokenProcessPool`` and is replaced. A pool lives in a ``_Run``; ``stop()`` (at exit,
+or in a worker process that is done) ends the run at once: calls still running are
+stopped, queued ones cancelled, one warning counts them, and nothing holds up the exit.
+
+Only the reader thread closes a worker's pipe while the run lives, so that it never
+waits on a closed one; and each call is settled once, by whoever claims it first under
+the run's lock (the reader, ``cancel()``, or ``stop()``).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import atexit
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
 import os
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -34,10 +41,10 @@ from typing import TYPE_CHECKING, Any
 from ._callables import describe
 from ._config import settings
 from ._future import new_future
-from ._hosts import Remote
+from ._hosts import Remote, thread_state
 from ._offload import Target
 from ._payload import pack_call, run_packed, unpack_outcome
-from ._state import CANCELLED, QUEUED, RUNNING
+from ._state import QUEUED, RUNNING
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkServerContext, SpawnContext
@@ -46,33 +53,39 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("forkwait")
 
+#: What the parent sends a worker to let it go (a call is never empty).
+_LEAVE = b""
+#: How long stopping waits for worker processes to end before killing them.
+_STOP_GRACE_SECONDS = 1.0
+
 
 class ProcessCall(Remote):
     """A call for the pool: queued until a worker takes it, then running there."""
 
-    __slots__ = ("fut", "packed", "pool")
+    __slots__ = ("fut", "packed", "run", "settled")
 
-    def __init__(self, pool: Processes, fut: Future[Any], packed: bytes) -> None:
+    def __init__(self, run: _Run, fut: Future[Any], packed: bytes) -> None:
         super().__init__()
-        self.pool = pool
+        self.run = run
         self.fut = fut
         self.packed: bytes | None = packed  # dropped once sent
+        self.settled = False  # claimed by whoever settles it (under the run's lock)
 
     def cancel(self) -> bool:
-        return self.pool.cancel_queued(self)
+        return self.run.cancel_queued(self)
 
 
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    __slots__ = ("call", "conn", "process", "started")
+    __slots__ = ("call", "conn", "leaving", "process", "started")
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.call: ProcessCall | None = None  # the call it is running
-        #: Whether it said it is ready; one that dies before has failed to start.
-        self.started = False
+        self.started = False  # it said it is ready; one that dies before failed to start
+        self.leaving = False  # told to go (the limit went down)
 
 
 def _serve(conn: Connection) -> None:
@@ -81,245 +94,321 @@ def _serve(conn: Connection) -> None:
     # stops, and stops the pool with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn.send_bytes(b"")  # started: past importing what the parent's main module needs
-    while True:
-        try:
-            packed = conn.recv_bytes()
-        except (EOFError, OSError):  # the parent closed the pipe, or is gone
+    try:
+        while True:
+            try:
+                packed = conn.recv_bytes()
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if packed == _LEAVE:
+                return
+            conn.send_bytes(run_packed(packed))
+    finally:
+        # A call here may have used a pool of this process's own: multiprocessing ends
+        # a process by joining its children, so stop them first.
+        processes.stop()
+
+
+class _Run:
+    """One life of the pool: its workers, queue and reader thread."""
+
+    def __init__(self, context: ForkServerContext | SpawnContext) -> None:
+        self.context = context
+        self.lock = threading.Lock()
+        self.workers: list[_Worker] = []
+        self.idle: list[_Worker] = []
+        self.queue: deque[ProcessCall] = deque()
+        self.starting = 0  # workers being started, outside the lock
+        self.stopped = False
+        self.ever_started = False  # some worker got past its start-up
+        # A byte down this pipe wakes the reader: a single write of one byte is atomic,
+        # so any thread may poke it, unlike a Connection.
+        self.wake_reader, self.poke = os.pipe()
+        os.set_blocking(self.poke, False)
+        self.reader = threading.Thread(
+            target=self._read, name="forkwait-process-reader", daemon=True
+        )
+        self.reader.start()
+
+    # -- submitting ------------------------------------------------------------------
+
+    def submit(self, call: ProcessCall) -> None:
+        with self.lock:
+            if self.stopped:  # at exit, a fork raced the end of the pool
+                call.settled = True
+                sends, starts = None, 0
+            else:
+                self.queue.append(call)  # behind those already waiting: fork order
+                sends, starts = self._dispatch()
+        if sends is None:
+            call.fut._set_exception(BrokenProcessPool("the process pool was stopped (exit)"))
             return
-        conn.send_bytes(run_packed(packed))
+        self._send_all(sends)
+        self._start(starts)
 
-
-class Processes(Target):
-    """The process pool target; one per process (``processes``)."""
-
-    __slots__ = ("_idle", "_lock", "_queue", "_reader", "_wake_reader", "_workers")
-    name = "processes"
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._workers: list[_Worker] = []
-        self._idle: list[_Worker] = []
-        self._queue: deque[ProcessCall] = deque()
-        self._reader: threading.Thread | None = None
-        # Written to when the reader must look at a new worker list.
-        self._wake_reader: tuple[Connection, Connection] | None = None
-
-    # -- the forking side ------------------------------------------------------------
-
-    def submit(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Future[Any]:
-        packed = pack_call(func, args, kwargs, "a worker process")
-        fut = new_future(QUEUED, func)
-        call = ProcessCall(self, fut, packed)
-        fut._handle = call
-        with self._lock:
-            while len(self._workers) > settings.max_processes and self._idle:
-                self._retire(self._idle.pop())  # the limit went down since it was idle
-            worker = self._idle.pop() if self._idle else None
-            if worker is None and len(self._workers) < settings.max_processes:
-                worker = self._start_worker()
-            if worker is None:
-                self._queue.append(call)
-                return fut
+    def _dispatch(self) -> tuple[list[tuple[_Worker, ProcessCall]], int]:
+        """Pair queued calls with idle workers, and count the workers to start for the
+        rest (under the lock). The caller sends and starts, outside it."""
+        sends: list[tuple[_Worker, ProcessCall]] = []
+        active = sum(not worker.leaving for worker in self.workers)
+        while active > settings.max_processes and self.idle:  # the limit went down
+            worker = self.idle.pop()
+            worker.leaving = True
+            _tell_to_leave(worker)  # a byte or two: never blocks
+            active -= 1
+        while self.queue and self.idle:
+            worker, call = self.idle.pop(), self.queue.popleft()
             worker.call = call
-        self._send(worker, call)
-        return fut
+            call.fut._state = RUNNING
+            sends.append((worker, call))
+        room = settings.max_processes - active - self.starting
+        starts = max(0, min(len(self.queue) - self.starting, room))
+        self.starting += starts
+        return sends, starts
 
-    def _send(self, worker: _Worker, call: ProcessCall) -> None:
-        """Hand ``call`` to ``worker``, which the caller has reserved for it."""
-        packed, call.packed = call.packed, None
-        call.fut._state = RUNNING
+    def _send_all(self, sends: list[tuple[_Worker, ProcessCall]]) -> None:
+        for worker, call in sends:
+            packed, call.packed = call.packed, None
+            try:
+                worker.conn.send_bytes(packed)  # type: ignore[arg-type]
+            except OSError:
+                pass  # it died: the reader sees it go, and fails the call
+            except BaseException:
+                # Ctrl-C part-way through a large call: the worker has half a message.
+                # Let it go; the reader fails the call when it sees the process end.
+                worker.process.kill()
+                raise
+
+    def _start(self, count: int) -> None:
+        """Start ``count`` workers that ``_dispatch`` counted in ``starting``, and hand
+        each the queued call it was started for."""
+        while count > 0:
+            count -= 1
+            try:
+                worker = self._spawn()
+            except BaseException as exc:
+                with self.lock:
+                    self.starting -= 1 + count  # this one, and the rest: not now
+                    stranded = not self.workers and not self.starting
+                    failed = self._claim_queue() if stranded else []
+                for call in failed:
+                    call.fut._set_exception(_cannot_start(call, exc))
+                raise  # to the code that forked (multiprocessing's errors say what to do)
+            with self.lock:
+                self.starting -= 1
+                if self.stopped:
+                    worker.process.kill()
+                    continue
+                self.workers.append(worker)
+                self.idle.append(worker)
+                sends, more = self._dispatch()
+            count += more
+            self._poke()  # the reader waits on the new worker too
+            self._send_all(sends)
+
+    def _spawn(self) -> _Worker:
+        parent_end, child_end = self.context.Pipe()
+        process = self.context.Process(
+            target=_serve, args=(child_end,), name="forkwait-process", daemon=False
+        )
         try:
-            worker.conn.send_bytes(packed)  # type: ignore[arg-type]
-        except OSError:  # it died meanwhile: the reader fails the call with the worker
+            process.start()
+        finally:
+            child_end.close()
+        return _Worker(process, parent_end)
+
+    def _claim_queue(self) -> list[ProcessCall]:
+        """Take every queued call for settling (under the lock)."""
+        calls = list(self.queue)
+        self.queue.clear()
+        for call in calls:
+            call.settled = True
+        return calls
+
+    def _poke(self) -> None:
+        try:
+            os.write(self.poke, b"!")
+        except OSError:  # full (the reader has plenty to do already), or closed
             pass
 
     def cancel_queued(self, call: ProcessCall) -> bool:
-        with self._lock:
-            try:
-                self._queue.remove(call)
-            except ValueError:  # a worker has it, or it is done
-                return call.fut._state == CANCELLED
+        with self.lock:
+            if call.settled or call.fut._state != QUEUED:
+                return call.fut.cancelled()
+            self.queue.remove(call)
+            call.settled = True
         call.packed = None
         call.fut._set_cancelled()
         return True
 
-    def _start_worker(self) -> _Worker:
-        """A new worker process (under the lock), and the reader if none runs yet."""
-        context = _start_method()
-        parent_end, child_end = context.Pipe()
-        process = context.Process(
-            target=_serve, args=(child_end,), name="forkwait-process", daemon=False
-        )
-        process.start()
-        child_end.close()
-        worker = _Worker(process, parent_end)
-        self._workers.append(worker)
-        if self._reader is None:
-            self._wake_reader = multiprocessing.Pipe(duplex=False)
-            self._reader = threading.Thread(
-                target=self._read, name="forkwait-process-reader", daemon=True
-            )
-            self._reader.start()
-        else:
-            self._poke_reader()
-        return worker
-
-    def _poke_reader(self) -> None:
-        if self._wake_reader is not None:
-            self._wake_reader[1].send_bytes(b"")
-
     # -- the reader thread -------------------------------------------------------------
 
     def _read(self) -> None:
-        """Take outcomes off the workers' pipes, and notice workers that die."""
-        wake = self._wake_reader
-        assert wake is not None
+        """Take outcomes off the workers' pipes, and notice workers that end."""
+        thread_state.serves_others = True  # callbacks run in worker threads, not here
         while True:
-            with self._lock:
-                workers = list(self._workers)
-                if self._reader is not threading.current_thread():
-                    return  # the pool was stopped
+            with self.lock:
+                if self.stopped:
+                    return
+                workers = list(self.workers)
             by_handle: dict[Any, _Worker] = {}
             for worker in workers:
                 by_handle[worker.conn] = worker
                 by_handle[worker.process.sentinel] = worker
-            ready = multiprocessing.connection.wait([wake[0], *by_handle])
+            ready = multiprocessing.connection.wait([self.wake_reader, *by_handle])
             for handle in ready:
-                if handle is wake[0]:
-                    try:
-                        wake[0].recv_bytes()
-                    except (EOFError, OSError):
-                        return
-                    continue
-                worker = by_handle[handle]
-                if worker not in self._workers:
-                    continue  # retired, lost or stopped since the wait began
-                if handle is worker.conn:
-                    try:
-                        outcome = worker.conn.recv_bytes()
-                    except (EOFError, OSError):
-                        self._lost(worker)
-                        continue
-                    if worker.started:
-                        self._finished(worker, outcome)
+                try:
+                    if handle == self.wake_reader:
+                        os.read(self.wake_reader, 4096)
                     else:
-                        worker.started = True
-                elif worker.conn not in ready or not worker.conn.poll():
-                    self._lost(worker)  # its process ended with nothing more to read
+                        self._look_at(by_handle[handle], handle, ready)
+                except BaseException:
+                    if self._has_stopped():
+                        return
+                    # Never let the reader die: every later call would hang.
+                    logger.exception("forkwait: the process pool's reader hit an error")
+                    culprit = by_handle.get(handle)
+                    if culprit is not None and culprit.process.is_alive():
+                        culprit.process.kill()  # its end is seen next, and handled
+
+    def _has_stopped(self) -> bool:
+        return self.stopped
+
+    def _look_at(self, worker: _Worker, handle: Any, ready: list[Any]) -> None:
+        if worker not in self.workers:
+            return  # already seen to end, in this same round
+        if handle is worker.conn:
+            try:
+                message = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                self._ended(worker)
+                return
+            if worker.started:
+                self._finished(worker, message)
+            else:
+                worker.started = True
+                self.ever_started = True
+        elif worker.conn not in ready and not worker.conn.poll():
+            self._ended(worker)  # its process ended with nothing left to read
 
     def _finished(self, worker: _Worker, outcome: bytes) -> None:
-        call = worker.call
-        with self._lock:
-            next_call = self._queue.popleft() if self._queue else None
-            worker.call = next_call
-            if next_call is None:
-                if len(self._workers) > settings.max_processes:  # the limit went down
-                    self._retire(worker)
-                else:
-                    self._idle.append(worker)
-        if next_call is not None:
-            self._send(worker, next_call)
-        if call is not None:
+        with self.lock:
+            call, worker.call = worker.call, None
+            claimed = call is not None and not call.settled
+            if claimed:
+                call.settled = True  # type: ignore[union-attr]
+            sends: list[tuple[_Worker, ProcessCall]] = []
+            starts = 0
+            if not self.stopped:
+                self.idle.append(worker)
+                sends, starts = self._dispatch()  # or lets it go, if the limit went down
+        self._send_all(sends)
+        self._start(starts)
+        if claimed and call is not None:
             _settle(call, outcome)
 
-    def _lost(self, worker: _Worker) -> None:
-        """``worker``'s process died: fail its call, and start another if calls wait
-        (unless it died starting up, which the next one would do too)."""
-        with self._lock:
-            if worker not in self._workers:
+    def _ended(self, worker: _Worker) -> None:
+        """``worker``'s process ended: fail its call, and start another if calls wait
+        (unless none has ever started: the next one would fail the same way)."""
+        with self.lock:
+            if worker not in self.workers:
                 return
-            self._workers.remove(worker)
-            if worker in self._idle:
-                self._idle.remove(worker)
+            self.workers.remove(worker)
+            if worker in self.idle:
+                self.idle.remove(worker)
             call, worker.call = worker.call, None
-            failed = [] if worker.started else list(self._queue)
-            replacement = None
-            if failed:
-                self._queue.clear()
-            elif self._queue:
-                replacement = self._start_worker()
-                replacement.call = self._queue.popleft()
-        worker.conn.close()
-        worker.process.join(timeout=1)
-        if replacement is not None and replacement.call is not None:
-            self._send(replacement, replacement.call)
-        code = worker.process.exitcode
-        how = (
-            f"was killed by {signal.Signals(-code).name}"
-            if code is not None and code < 0
-            else f"exited with code {code}"
-        )
-        if not worker.started:
-            for each in [call, *failed] if call is not None else failed:
-                each.fut._set_exception(
+            claimed = call is not None and not call.settled
+            if claimed:
+                call.settled = True  # type: ignore[union-attr]
+            failed: list[ProcessCall] = []
+            sends: list[tuple[_Worker, ProcessCall]] = []
+            starts = 0
+            never_starts = not worker.started and not self.ever_started and not worker.leaving
+            if never_starts and not self.starting:
+                failed = self._claim_queue()
+            elif not self.stopped:
+                sends, starts = self._dispatch()
+        worker.conn.close()  # the reader's to close: it no longer waits on it
+        worker.process.join(_STOP_GRACE_SECONDS)
+        how = _how_it_ended(worker.process.exitcode)
+        if claimed and call is not None:
+            if never_starts:
+                call.fut._set_exception(_failed_to_start(call, how))
+            else:
+                call.fut._set_exception(
                     BrokenProcessPool(
-                        f"a worker process for fork({describe(each.fut._func)}) {how} while "
-                        f"starting: it imports the main module first, as multiprocessing "
-                        f"does, so a script must keep its work under "
-                        f'`if __name__ == "__main__":` and cannot come from stdin (see the '
-                        f"worker's traceback above)"
+                        f"the worker process (pid {worker.process.pid}) running "
+                        f"fork({describe(call.fut._func)}) {how} before the call finished; "
+                        f"the pool starts another process for the next call"
                     )
                 )
-        elif call is not None:
-            call.fut._set_exception(
-                BrokenProcessPool(
-                    f"the worker process (pid {worker.process.pid}) running "
-                    f"fork({describe(call.fut._func)}) {how} before the call finished; "
-                    f"the pool starts another process for the next call"
-                )
-            )
-
-    def _retire(self, worker: _Worker) -> None:
-        """Let an idle ``worker`` go (under the lock)."""
-        self._workers.remove(worker)
-        worker.conn.close()  # it sees the end of its pipe and exits
+        for each in failed:
+            each.fut._set_exception(_failed_to_start(each, how))
+        self._send_all(sends)
+        self._start(starts)
 
     # -- stopping ----------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop the pool and its worker processes now; calls still running are lost."""
-        with self._lock:
-            workers, self._workers, self._idle = self._workers, [], []
-            queued = list(self._queue)
-            self._queue.clear()
-            reader, self._reader = self._reader, None
-            wake, self._wake_reader = self._wake_reader, None
-        running = [w.call for w in workers if w.call is not None]
+        """End the run now: stop its workers, cancel what is queued, fail what runs."""
+        with self.lock:
+            if self.stopped:
+                return
+            self.stopped = True
+            workers = list(self.workers)
+            queued = self._claim_queue()
+            running: list[ProcessCall] = []
+            for worker in workers:
+                call = worker.call
+                if call is not None and not call.settled:
+                    call.settled = True
+                    running.append(call)
         for worker in workers:
+            if worker.call is not None:
+                worker.process.terminate()  # busy: it would not read a request to leave
+            else:
+                _tell_to_leave(worker)
+        self._poke()  # the reader sees `stopped` and returns
+        if self.reader is not threading.current_thread():
+            self.reader.join(_STOP_GRACE_SECONDS)
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        for worker in workers:
+            worker.process.join(max(deadline - time.monotonic(), 0.0))
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(_STOP_GRACE_SECONDS)
             worker.conn.close()
-            if worker.call is not None and worker.process.is_alive():
-                worker.process.terminate()  # busy: it would not see its pipe close
-        for worker in workers:
-            worker.process.join(timeout=1)
-        if wake is not None:
-            wake[1].close()
-        if reader is not None:
-            reader.join(timeout=1)
+        os.close(self.poke)
+        os.close(self.wake_reader)
         for call in running:
             call.fut._set_exception(
-                BrokenProcessPool(
-                    f"fork({describe(call.fut._func)}) was stopped with the process pool"
-                )
+                BrokenProcessPool(f"fork({describe(call.fut._func)}) was stopped with the pool")
             )
         for call in queued:
             call.fut._set_cancelled()
         if running or queued:
             logger.warning(
-                "forkwait: %d offloaded call(s) still running in worker processes at exit "
-                "were stopped (and %d queued ones cancelled)",
+                "forkwait: at exit, %d offloaded call(s) still running in worker processes "
+                "were stopped, and %d queued ones cancelled",
                 len(running),
                 len(queued),
             )
 
     def forget_in_child(self) -> None:
-        """In a child made by ``os.fork``: the workers, pipes and reader are the parent's."""
-        self._lock = threading.Lock()
-        self._workers, self._idle = [], []
-        self._queue = deque()
-        self._reader = None
-        self._wake_reader = None
+        """In a child made by ``os.fork``: these pipes and processes are the parent's."""
+        for worker in self.workers:
+            worker.conn.close()
+            multiprocessing.process._children.discard(worker.process)  # type: ignore[attr-defined]
+        os.close(self.poke)
+        os.close(self.wake_reader)
+
+
+def _tell_to_leave(worker: _Worker) -> None:
+    try:
+        worker.conn.send_bytes(_LEAVE)
+    except OSError:
+        pass  # already gone
 
 
 def _settle(call: ProcessCall, outcome: bytes) -> None:
@@ -341,8 +430,81 @@ def _settle(call: ProcessCall, outcome: bytes) -> None:
         fut._set_exception(value)
 
 
-def _start_method() -> ForkServerContext | SpawnContext:
-    if "forkserver" in multiprocessing.get_all_start_methods():
+def _how_it_ended(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _failed_to_start(call: ProcessCall, how: str) -> BrokenProcessPool:
+    return BrokenProcessPool(
+        f"a worker process for fork({describe(call.fut._func)}) {how} while starting: it "
+        f"imports the main module first, as multiprocessing does, so a script must keep "
+        f'its work under `if __name__ == "__main__":` and cannot come from stdin (see '
+        f"the worker's traceback above)"
+    )
+
+
+def _cannot_start(call: ProcessCall, exc: BaseException) -> BrokenProcessPool:
+    error = BrokenProcessPool(
+        f"no worker process could start for fork({describe(call.fut._func)}): "
+        f"{type(exc).__name__}: {exc}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+class Processes(Target):
+    """The process pool target; one per process (``processes``)."""
+
+    __slots__ = ("_forked_child", "_lock", "_run")
+    name = "processes"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._run: _Run | None = None
+        # In a child made by os.fork, the parent's forkserver is not ours to use.
+        self._forked_child = False
+
+    def submit(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[Any]:
+        packed = pack_call(func, args, kwargs, "a worker process")
+        run = self._run or self._new_run()
+        fut = new_future(QUEUED, func)
+        call = ProcessCall(run, fut, packed)
+        fut._handle = call
+        run.submit(call)
+        return fut
+
+    def _new_run(self) -> _Run:
+        with self._lock:
+            if self._run is None:
+                self._run = _Run(_start_method(spawn_only=self._forked_child))
+            return self._run
+
+    def stop(self) -> None:
+        """Stop the pool and its worker processes now; the next fork starts a new one."""
+        with self._lock:
+            run, self._run = self._run, None
+        if run is not None:
+            run.stop()
+
+    def forget_in_child(self) -> None:
+        run, self._run = self._run, None
+        self._lock = threading.Lock()
+        self._forked_child = True
+        if run is not None:
+            run.forget_in_child()
+
+
+def _start_method(spawn_only: bool) -> ForkServerContext | SpawnContext:
+    if not spawn_only and "forkserver" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("forkserver")
     return multiprocessing.get_context("spawn")
 

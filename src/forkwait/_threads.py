@@ -15,6 +15,7 @@ thread count, which changes when a worker starts, retires, blocks or unblocks.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import inspect
 import logging
 import os
@@ -484,6 +485,16 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
     if woken:
         raise _scope_cancelled(fut)
     raise TimeoutError(f"{fut!r} did not finish within {timeout} seconds; it keeps running")
+
+
+def call_in_a_worker(fn: Callable[..., object], *args: Any) -> None:
+    """Run ``fn(*args)`` soon in a worker thread of the default pool: for callbacks that
+    must not run, and maybe block, in the thread that finished a call for many others."""
+    from ._future import new_future
+
+    job = new_future(QUEUED, fn)
+    job._handle = [(fn, args, {}, contextvars.Context(), None)]
+    pool.submit(job)
 
 
 def refuse_hopeless_wait(fut: Future[Any]) -> None:
