@@ -14,9 +14,12 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import forkwait
 from forkwait import Future, fork, wait
@@ -457,3 +460,143 @@ def _dedent(code: str) -> str:
     import textwrap
 
     return textwrap.dedent(code)
+
+
+# -- randomized: programs with failures and cancels ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Program:
+    """A node of a random program: it forks its children, cancels the flagged ones at
+    once, waits for all in a random order, and adds up what came back."""
+
+    is_async: bool
+    fails: bool
+    value: int
+    cancel: bool  # the parent cancels this one right after forking it
+    children: tuple[Program, ...]
+
+
+_program_leaves = st.builds(
+    Program, st.booleans(), st.booleans(), st.integers(0, 9), st.booleans(), st.just(())
+)
+programs = st.recursive(
+    _program_leaves,
+    lambda kids: st.builds(
+        Program,
+        st.booleans(),
+        st.booleans(),
+        st.integers(0, 9),
+        st.booleans(),
+        st.lists(kids, max_size=3).map(tuple),
+    ),
+    max_leaves=12,
+)
+
+
+class Planned(Exception):
+    pass
+
+
+def _untouched(node: Program) -> bool:
+    """No cancel anywhere below: its outcome is the one sequential mode gives."""
+    return all(not c.cancel and _untouched(c) for c in node.children)
+
+
+def _sequential_outcome(node: Program) -> tuple[str, Any]:
+    def run(n: Program) -> int:
+        total = n.value + sum(run(c) for c in n.children)
+        if n.fails:
+            raise Planned(n.value)
+        return total
+
+    with forkwait.sequential():
+        fut = fork(run, node)
+    return _outcome_of(fut)
+
+
+def _outcome_of(fut: Future[Any]) -> tuple[str, Any]:
+    try:
+        return "value", wait(fut, timeout=30)
+    except Planned as exc:
+        return "error", exc.args
+    except forkwait.CancelledError:
+        return "cancelled", None
+
+
+def _combine(node: Program, outcomes: list[tuple[str, Any]]) -> int:
+    errors = [detail for kind, detail in outcomes if kind == "error"]
+    if errors:
+        raise Planned(*errors[0])
+    if node.fails:
+        raise Planned(node.value)
+    return node.value + sum(detail for kind, detail in outcomes if kind == "value")
+
+
+_seen: list[tuple[Program, tuple[str, Any]]] = []
+
+
+def _order(node: Program, count: int) -> list[int]:
+    order = list(range(count))
+    random.Random(hash(node) & 0xFFFF).shuffle(order)
+    return order
+
+
+def run_program(node: Program) -> int:
+    futs = [fork(run_async_program if c.is_async else run_program, c) for c in node.children]
+    for child, fut in zip(node.children, futs, strict=True):
+        if child.cancel:
+            fut.cancel()
+    outcomes: list[tuple[str, Any]] = [("value", 0)] * len(futs)
+    for i in _order(node, len(futs)):
+        outcomes[i] = _outcome_of(futs[i])
+        _seen.append((node.children[i], outcomes[i]))
+    return _combine(node, outcomes)
+
+
+async def run_async_program(node: Program) -> int:
+    futs = [fork(run_async_program if c.is_async else run_program, c) for c in node.children]
+    for child, fut in zip(node.children, futs, strict=True):
+        if child.cancel:
+            fut.cancel()
+    outcomes: list[tuple[str, Any]] = [("value", 0)] * len(futs)
+    for i in _order(node, len(futs)):
+        try:
+            outcomes[i] = ("value", await asyncio.wait_for(asyncio.shield(_awaited(futs[i])), 30))
+        except Planned as exc:
+            outcomes[i] = ("error", exc.args)
+        except forkwait.CancelledError:
+            outcomes[i] = ("cancelled", None)
+        _seen.append((node.children[i], outcomes[i]))
+    return _combine(node, outcomes)
+
+
+async def _awaited(fut: Future[Any]) -> Any:
+    return await fut
+
+
+@pytest.mark.timeout(180)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=programs, limit=st.integers(1, 8))
+def test_random_programs_with_failures_and_cancels_never_hang_and_agree_where_untouched(
+    program: Program, limit: int
+) -> None:
+    """Every fork ends once (value, failure or cancelled), within the hard timeout; a
+    subtree no cancel touched gives what sequential mode gives; a cancelled one ends
+    cancelled, or with that same outcome if the cancel came too late."""
+    forkwait.configure(max_threads=limit)
+    _seen.clear()
+    try:
+        root = run_async_program if program.is_async else run_program
+        fut = fork(root, program)
+        outcome = _outcome_of(fut)
+    finally:
+        forkwait.configure(max_threads=40)
+    if _untouched(program):
+        assert outcome == _sequential_outcome(program)
+    for node, seen in _seen:
+        if _untouched(node):
+            want = _sequential_outcome(node)
+            assert seen == want or (node.cancel and seen == ("cancelled", None)), (node, seen)
+        if not node.cancel:
+            assert seen[0] != "cancelled", (node, seen)  # only its own cancel ends it so
