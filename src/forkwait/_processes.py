@@ -66,19 +66,30 @@ class ProcessCall(Remote):
 
     def __init__(self, run: _Run, fut: Future[Any], packed: bytes) -> None:
         super().__init__()
-        self.run = run
+        #: Until it is settled; dropped then, so a finished future keeps no pool alive.
+        self.run: _Run | None = run
         self.fut = fut
         self.packed: bytes | None = packed  # dropped once sent
         self.settled = False  # claimed by whoever settles it (under the run's lock)
 
+    def claim(self) -> bool:
+        """Make this caller the one that settles it (under the run's lock)."""
+        if self.settled:
+            return False
+        self.settled = True
+        self.run = None
+        self.packed = None
+        return True
+
     def cancel(self) -> bool:
-        return self.run.cancel_queued(self)
+        run = self.run
+        return run.cancel_queued(self) if run is not None else self.fut.cancelled()
 
 
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    __slots__ = ("call", "conn", "leaving", "process", "started")
+    __slots__ = ("call", "closed", "conn", "leaving", "process", "started")
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
@@ -86,6 +97,7 @@ class _Worker:
         self.call: ProcessCall | None = None  # the call it is running
         self.started = False  # it said it is ready; one that dies before failed to start
         self.leaving = False  # told to go (the limit went down)
+        self.closed = False
 
 
 def _serve(conn: Connection) -> None:
@@ -93,16 +105,15 @@ def _serve(conn: Connection) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what
     # stops, and stops the pool with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn.send_bytes(b"")  # started: past importing what the parent's main module needs
     try:
+        conn.send_bytes(b"")  # started: past importing what the parent's main module needs
         while True:
-            try:
-                packed = conn.recv_bytes()
-            except (EOFError, OSError):  # the parent is gone
-                return
+            packed = conn.recv_bytes()
             if packed == _LEAVE:
                 return
             conn.send_bytes(run_packed(packed))
+    except (EOFError, OSError):  # the parent is gone, or going
+        return
     finally:
         # A call here may have used a pool of this process's own: multiprocessing ends
         # a process by joining its children, so stop them first.
@@ -119,10 +130,13 @@ class _Run:
         self.idle: list[_Worker] = []
         self.queue: deque[ProcessCall] = deque()
         self.starting = 0  # workers being started, outside the lock
+        self.sending = 0  # sends in progress, outside the lock: stop() waits for them
+        self.sent = threading.Condition(self.lock)
         self.stopped = False
         self.ever_started = False  # some worker got past its start-up
         # A byte down this pipe wakes the reader: a single write of one byte is atomic,
-        # so any thread may poke it, unlike a Connection.
+        # so any thread may poke it, unlike a Connection. The reader closes both ends
+        # when it leaves, and nobody pokes a stopped run.
         self.wake_reader, self.poke = os.pipe()
         os.set_blocking(self.poke, False)
         self.reader = threading.Thread(
@@ -135,7 +149,7 @@ class _Run:
     def submit(self, call: ProcessCall) -> None:
         with self.lock:
             if self.stopped:  # at exit, a fork raced the end of the pool
-                call.settled = True
+                call.claim()
                 sends, starts = None, 0
             else:
                 self.queue.append(call)  # behind those already waiting: fork order
@@ -143,7 +157,11 @@ class _Run:
         if sends is None:
             call.fut._set_exception(BrokenProcessPool("the process pool was stopped (exit)"))
             return
-        self._send_all(sends)
+        try:
+            self._send_all(sends)
+        except BaseException:
+            self._give_back(starts)
+            raise
         self._start(starts)
 
     def _dispatch(self) -> tuple[list[tuple[_Worker, ProcessCall]], int]:
@@ -164,47 +182,85 @@ class _Run:
         room = settings.max_processes - active - self.starting
         starts = max(0, min(len(self.queue) - self.starting, room))
         self.starting += starts
+        self.sending += len(sends)
         return sends, starts
 
     def _send_all(self, sends: list[tuple[_Worker, ProcessCall]]) -> None:
-        for worker, call in sends:
+        """Send each call to the worker reserved for it (``_dispatch`` counted them)."""
+        for index, (worker, call) in enumerate(sends):
             packed, call.packed = call.packed, None
             try:
-                worker.conn.send_bytes(packed)  # type: ignore[arg-type]
-            except OSError:
-                pass  # it died: the reader sees it go, and fails the call
-            except BaseException:
-                # Ctrl-C part-way through a large call: the worker has half a message.
-                # Let it go; the reader fails the call when it sees the process end.
-                worker.process.kill()
-                raise
+                if packed is not None:  # None: cancelled or stopped meanwhile
+                    worker.conn.send_bytes(packed)
+            except BaseException as exc:
+                if self.stopped or isinstance(exc, (OSError, ValueError)):
+                    pass  # it died, or the pool stopped: the reader or stop() settles it
+                else:
+                    # Ctrl-C part-way through a large call: the worker has half a
+                    # message. Let it go, and those not sent to yet: the reader fails
+                    # their calls when it sees them end.
+                    for reserved, _ in sends[index:]:
+                        reserved.process.kill()
+                    self._sent(len(sends) - index)
+                    raise
+            self._sent(1)
+
+    def _sent(self, count: int) -> None:
+        with self.lock:
+            self.sending -= count
+            if not self.sending:
+                self.sent.notify_all()
+
+    def _give_back(self, count: int) -> None:
+        """``count`` workers counted in ``starting`` will not be started after all."""
+        if count:
+            with self.lock:
+                self.starting -= count
 
     def _start(self, count: int) -> None:
         """Start ``count`` workers that ``_dispatch`` counted in ``starting``, and hand
-        each the queued call it was started for."""
-        while count > 0:
-            count -= 1
-            try:
-                worker = self._spawn()
-            except BaseException as exc:
-                with self.lock:
-                    self.starting -= 1 + count  # this one, and the rest: not now
-                    stranded = not self.workers and not self.starting
-                    failed = self._claim_queue() if stranded else []
-                for call in failed:
-                    call.fut._set_exception(_cannot_start(call, exc))
-                raise  # to the code that forked (multiprocessing's errors say what to do)
-            with self.lock:
-                self.starting -= 1
-                if self.stopped:
-                    worker.process.kill()
+        each the queued call it was started for. A worker that cannot start is logged;
+        the calls fail only if no worker is left to run them."""
+        try:
+            while count > 0:
+                count -= 1
+                if self._has_stopped():
+                    self._give_back(1)
                     continue
-                self.workers.append(worker)
-                self.idle.append(worker)
-                sends, more = self._dispatch()
-            count += more
-            self._poke()  # the reader waits on the new worker too
-            self._send_all(sends)
+                try:
+                    worker = self._spawn()
+                except Exception as exc:
+                    with self.lock:
+                        self.starting -= 1
+                        stranded = not self.workers and not self.starting
+                        failed = [c for c in list(self.queue) if c.claim()] if stranded else []
+                        if stranded:
+                            self.queue.clear()
+                    logger.error("forkwait: a worker process could not start: %r", exc)
+                    for call in failed:
+                        call.fut._set_exception(_cannot_start(call, exc))
+                    continue
+                sends: list[tuple[_Worker, ProcessCall]] = []
+                more = 0
+                with self.lock:
+                    self.starting -= 1
+                    if self.stopped:
+                        kill = True
+                    else:
+                        kill = False
+                        self.workers.append(worker)
+                        self.idle.append(worker)
+                        sends, more = self._dispatch()
+                if kill:
+                    worker.process.kill()
+                    worker.process.join(_STOP_GRACE_SECONDS)
+                    worker.conn.close()
+                    continue
+                count += more
+                self._poke()  # the reader waits on the new worker too
+                self._send_all(sends)
+        finally:
+            self._give_back(count)  # left over when something was raised
 
     def _spawn(self) -> _Worker:
         parent_end, child_end = self.context.Pipe()
@@ -213,31 +269,28 @@ class _Run:
         )
         try:
             process.start()
+        except BaseException:
+            parent_end.close()
+            raise
         finally:
             child_end.close()
         return _Worker(process, parent_end)
 
-    def _claim_queue(self) -> list[ProcessCall]:
-        """Take every queued call for settling (under the lock)."""
-        calls = list(self.queue)
-        self.queue.clear()
-        for call in calls:
-            call.settled = True
-        return calls
-
     def _poke(self) -> None:
-        try:
-            os.write(self.poke, b"!")
-        except OSError:  # full (the reader has plenty to do already), or closed
-            pass
+        with self.lock:  # a stopped run's wake pipe may be closed, and its fd reused
+            if self.stopped:
+                return
+            try:
+                os.write(self.poke, b"!")
+            except OSError:  # full: the reader has plenty to do already
+                pass
 
     def cancel_queued(self, call: ProcessCall) -> bool:
         with self.lock:
             if call.settled or call.fut._state != QUEUED:
                 return call.fut.cancelled()
             self.queue.remove(call)
-            call.settled = True
-        call.packed = None
+            call.claim()
         call.fut._set_cancelled()
         return True
 
@@ -246,30 +299,32 @@ class _Run:
     def _read(self) -> None:
         """Take outcomes off the workers' pipes, and notice workers that end."""
         thread_state.serves_others = True  # callbacks run in worker threads, not here
-        while True:
-            with self.lock:
-                if self.stopped:
-                    return
-                workers = list(self.workers)
-            by_handle: dict[Any, _Worker] = {}
-            for worker in workers:
-                by_handle[worker.conn] = worker
-                by_handle[worker.process.sentinel] = worker
-            ready = multiprocessing.connection.wait([self.wake_reader, *by_handle])
-            for handle in ready:
-                try:
-                    if handle == self.wake_reader:
-                        os.read(self.wake_reader, 4096)
-                    else:
-                        self._look_at(by_handle[handle], handle, ready)
-                except BaseException:
-                    if self._has_stopped():
+        try:
+            while True:
+                with self.lock:
+                    if self.stopped:
                         return
-                    # Never let the reader die: every later call would hang.
-                    logger.exception("forkwait: the process pool's reader hit an error")
-                    culprit = by_handle.get(handle)
-                    if culprit is not None and culprit.process.is_alive():
-                        culprit.process.kill()  # its end is seen next, and handled
+                    workers = list(self.workers)
+                by_handle: dict[Any, _Worker] = {}
+                for worker in workers:
+                    by_handle[worker.conn] = worker
+                    by_handle[worker.process.sentinel] = worker
+                ready = multiprocessing.connection.wait([self.wake_reader, *by_handle])
+                for handle in ready:
+                    try:
+                        if handle == self.wake_reader:
+                            os.read(self.wake_reader, 4096)
+                        else:
+                            self._look_at(by_handle[handle], handle, ready)
+                    except BaseException:
+                        if self._has_stopped():
+                            return
+                        # Never let the reader die: every later call would hang.
+                        logger.exception("forkwait: the process pool's reader hit an error")
+        finally:
+            with self.lock:
+                os.close(self.wake_reader)
+                os.close(self.poke)
 
     def _has_stopped(self) -> bool:
         return self.stopped
@@ -294,18 +349,16 @@ class _Run:
     def _finished(self, worker: _Worker, outcome: bytes) -> None:
         with self.lock:
             call, worker.call = worker.call, None
-            claimed = call is not None and not call.settled
-            if claimed:
-                call.settled = True  # type: ignore[union-attr]
+            claimed = call is not None and call.claim()
             sends: list[tuple[_Worker, ProcessCall]] = []
             starts = 0
             if not self.stopped:
                 self.idle.append(worker)
                 sends, starts = self._dispatch()  # or lets it go, if the limit went down
+        if claimed and call is not None:
+            _settle(call, outcome)  # first: nothing below may keep it from its waiter
         self._send_all(sends)
         self._start(starts)
-        if claimed and call is not None:
-            _settle(call, outcome)
 
     def _ended(self, worker: _Worker) -> None:
         """``worker``'s process ended: fail its call, and start another if calls wait
@@ -317,22 +370,27 @@ class _Run:
             if worker in self.idle:
                 self.idle.remove(worker)
             call, worker.call = worker.call, None
-            claimed = call is not None and not call.settled
-            if claimed:
-                call.settled = True  # type: ignore[union-attr]
+            claimed = call is not None and call.claim()
             failed: list[ProcessCall] = []
             sends: list[tuple[_Worker, ProcessCall]] = []
             starts = 0
-            never_starts = not worker.started and not self.ever_started and not worker.leaving
-            if never_starts and not self.starting:
-                failed = self._claim_queue()
+            never_starts = (
+                not worker.started
+                and not worker.leaving
+                and not self.ever_started
+                and not self.starting
+                and all(other.started for other in self.workers)  # none still starting
+            )
+            if never_starts:
+                failed = [c for c in list(self.queue) if c.claim()]
+                self.queue.clear()
             elif not self.stopped:
                 sends, starts = self._dispatch()
-        worker.conn.close()  # the reader's to close: it no longer waits on it
+        self._close(worker)
         worker.process.join(_STOP_GRACE_SECONDS)
         how = _how_it_ended(worker.process.exitcode)
         if claimed and call is not None:
-            if never_starts:
+            if not worker.started:
                 call.fut._set_exception(_failed_to_start(call, how))
             else:
                 call.fut._set_exception(
@@ -347,6 +405,13 @@ class _Run:
         self._send_all(sends)
         self._start(starts)
 
+    def _close(self, worker: _Worker) -> None:
+        with self.lock:
+            if worker.closed:
+                return
+            worker.closed = True
+        worker.conn.close()
+
     # -- stopping ----------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -355,20 +420,20 @@ class _Run:
             if self.stopped:
                 return
             self.stopped = True
-            workers = list(self.workers)
-            queued = self._claim_queue()
-            running: list[ProcessCall] = []
-            for worker in workers:
-                call = worker.call
-                if call is not None and not call.settled:
-                    call.settled = True
-                    running.append(call)
+            workers, self.workers, self.idle = self.workers, [], []
+            queued = [call for call in list(self.queue) if call.claim()]
+            self.queue.clear()
+            running = [w.call for w in workers if w.call is not None and w.call.claim()]
+            # Under the lock: the reader closes this pipe once it has seen `stopped`.
+            try:
+                os.write(self.poke, b"!")
+            except OSError:  # full: the reader wakes anyway
+                pass
         for worker in workers:
             if worker.call is not None:
                 worker.process.terminate()  # busy: it would not read a request to leave
             else:
                 _tell_to_leave(worker)
-        self._poke()  # the reader sees `stopped` and returns
         if self.reader is not threading.current_thread():
             self.reader.join(_STOP_GRACE_SECONDS)
         deadline = time.monotonic() + _STOP_GRACE_SECONDS
@@ -378,9 +443,12 @@ class _Run:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(_STOP_GRACE_SECONDS)
-            worker.conn.close()
-        os.close(self.poke)
-        os.close(self.wake_reader)
+        with self.lock:  # a send to a worker that died fails at once; let it finish
+            self.sent.wait_for(lambda: not self.sending, _STOP_GRACE_SECONDS)
+        for worker in workers:
+            self._close(worker)
+            if worker.process.exitcode is not None:
+                worker.process.close()
         for call in running:
             call.fut._set_exception(
                 BrokenProcessPool(f"fork({describe(call.fut._func)}) was stopped with the pool")
@@ -474,6 +542,12 @@ class Processes(Target):
     def submit(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]:
+        if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+            raise RuntimeError(
+                f"fork({describe(func)}) to a worker process ran while this process was "
+                f"itself starting as a worker and importing the main module: keep a "
+                f'script\'s work under `if __name__ == "__main__":`'
+            )
         packed = pack_call(func, args, kwargs, "a worker process")
         run = self._run or self._new_run()
         fut = new_future(QUEUED, func)
