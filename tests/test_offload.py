@@ -568,3 +568,39 @@ def test_a_child_of_os_fork_uses_a_pool_of_its_own(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["parent 9", "child 16", "child exit 0"]
+
+
+def test_a_worker_that_cannot_start_is_logged_and_the_call_still_runs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, one_process: None
+) -> None:
+    """Say the system is out of file descriptors for a moment: fork must neither raise
+    (the call would then run anyway) nor lose the call."""
+    from forkwait import _processes
+
+    with forkwait.offload("processes"):
+        wait(fork(pid_and_square, 0))  # one worker is up
+    forkwait.configure(max_processes=2)
+    real_spawn = _processes._Run._spawn
+    failures = iter([OSError(24, "Too many open files")])
+
+    def flaky_spawn(run: Any) -> Any:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_spawn(run)
+
+    monkeypatch.setattr(_processes._Run, "_spawn", flaky_spawn)
+    with forkwait.offload("processes"):
+        futs = [fork(pid_and_square, i) for i in range(4)]  # the second start fails
+    assert [v for _, v in forkwait.wait_all(futs, timeout=30)] == [0, 1, 4, 9]
+    assert "could not start" in caplog.text
+
+
+def test_finished_calls_do_not_keep_their_pool_alive() -> None:
+    with forkwait.offload("processes"):
+        fut = fork(pid_and_square, 2)
+    wait(fut)
+    processes.stop()
+    handle = fut._handle
+    assert handle.run is None
+    assert handle.packed is None
