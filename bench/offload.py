@@ -6,7 +6,8 @@ threads run it one at a time), waited on from sync code: ``offload("processes")`
 target is 1.6x faster, that is a ratio <= 0.625. Row 16: the cost of one
 ``wait(fork(noop))`` in ``offload("processes")`` against
 ``ProcessPoolExecutor.submit(noop).result()``, both on warm pools of the same size and
-start method.
+start method. The Dask row also times Dask's own ``client.submit`` + ``gather`` of the
+same batch, as a floor: what the cluster costs here without forkwait.
 """
 
 from __future__ import annotations
@@ -80,9 +81,18 @@ def _cpu_batches(config: Config, with_dask: bool) -> Iterator[Contenders]:
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
+
+        def dask_alone(n: int) -> float:
+            start = perf_counter()
+            for _ in range(n):
+                client.gather([client.submit(spin, n_spins, pure=False) for _ in range(FORKS)])
+            return (perf_counter() - start) / n
+
         yield Contenders(
             anchors=[("threads (forkwait's default)", _batch("threads", n_spins))],
             forkwait=_batch(client, n_spins),
+            # Dask's own submit + gather: what the cluster costs without forkwait.
+            floor=("Dask's own client.submit + gather", dask_alone),
         )
 
 
