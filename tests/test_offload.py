@@ -577,6 +577,7 @@ def test_a_worker_that_cannot_start_is_logged_and_the_call_still_runs(
     (the call would then run anyway) nor lose the call."""
     from forkwait import _processes
 
+    processes.stop()  # a fresh pool, of one worker
     with forkwait.offload("processes"):
         wait(fork(pid_and_square, 0))  # one worker is up
     forkwait.configure(max_processes=2)

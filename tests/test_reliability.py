@@ -109,8 +109,11 @@ def test_sixteen_threads_forking_waiting_cancelling_and_adding_callbacks() -> No
             raise ValueError(i)
         return i
 
+    counting = threading.Lock()
+
     def on_done(fut: Future[int]) -> None:
-        callbacks[id(fut)] += 1
+        with counting:  # two callbacks of one future may run at once, in two threads
+            callbacks[id(fut)] += 1
 
     def hammer(seed: int) -> None:
         rng = random.Random(seed)
