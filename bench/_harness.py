@@ -157,7 +157,9 @@ def format_table(rows: Sequence[Row]) -> str:
         if row.target is None:
             target = "info"
         else:
-            shown = f"{row.target:.1f}" if round(row.target, 1) == row.target else f"{row.target:g}"
+            shown = (
+                f"{row.target:.1f}" if round(row.target, 1) == row.target else f"{row.target:.3g}"
+            )
             target = f"<= {shown} " + ("**MISS**" if row.missed else "ok")
         lines.append(
             f"| {row.scenario} | {row.anchor} | {_format(row.anchor_value, row.unit)} "
