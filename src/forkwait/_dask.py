@@ -20,7 +20,7 @@ from ._callables import describe
 from ._future import new_future
 from ._hosts import Remote, thread_state
 from ._offload import Target
-from ._payload import pack_call, run_packed, unpack_outcome
+from ._payload import pack_call, run_packed, settle_with_outcome
 from ._state import RUNNING
 
 if TYPE_CHECKING:
@@ -95,20 +95,7 @@ async def _settle(client: Client, fut: Future[Any], handle: DaskCall, task: Dask
         return
     finally:
         handle.task = None  # the cluster may let the result go once this is done
-    try:
-        ok, value, handle.ran = unpack_outcome(packed)
-    except Exception as exc:
-        refused = TypeError(
-            f"the outcome of fork({describe(fut._func)}) came back from the cluster but "
-            f"cannot be unpickled here ({type(exc).__name__}: {exc})"
-        )
-        refused.__cause__ = exc
-        fut._set_exception(refused)
-        return
-    if ok:
-        fut._set_result(value)
-    else:
-        fut._set_exception(value)
+    settle_with_outcome(fut, handle, packed, "the cluster")
 
 
 _lock = threading.Lock()

@@ -17,9 +17,13 @@ import pickle
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._callables import describe
+
+if TYPE_CHECKING:
+    from ._future import Future
+    from ._hosts import Remote
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -136,6 +140,25 @@ def _shorten(value: object) -> str:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def settle_with_outcome(fut: Future[Any], handle: Remote, packed: bytes, came_from: str) -> None:
+    """Finish ``fut`` with the outcome a worker sent, noting on ``handle`` where and when
+    it ran; an outcome that cannot be unpickled here fails it, saying so."""
+    try:
+        ok, value, handle.ran = unpack_outcome(packed)
+    except Exception as exc:
+        refused = TypeError(
+            f"the outcome of fork({describe(fut._func)}) came back from {came_from} but "
+            f"cannot be unpickled here ({type(exc).__name__}: {exc})"
+        )
+        refused.__cause__ = exc
+        fut._set_exception(refused)
+        return
+    if ok:
+        fut._set_result(value)
+    else:
+        fut._set_exception(value)
 
 
 def unpack_outcome(packed: bytes) -> tuple[bool, Any, Ran]:

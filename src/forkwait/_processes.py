@@ -43,7 +43,7 @@ from ._config import settings
 from ._future import new_future
 from ._hosts import Remote, thread_state
 from ._offload import Target
-from ._payload import pack_call, run_packed, unpack_outcome
+from ._payload import pack_call, run_packed, settle_with_outcome
 from ._state import QUEUED, RUNNING
 
 if TYPE_CHECKING:
@@ -356,7 +356,8 @@ class _Run:
                 self.idle.append(worker)
                 sends, starts = self._dispatch()  # or lets it go, if the limit went down
         if claimed and call is not None:
-            _settle(call, outcome)  # first: nothing below may keep it from its waiter
+            # First: nothing below may keep it from its waiter.
+            settle_with_outcome(call.fut, call, outcome, "its worker process")
         self._send_all(sends)
         self._start(starts)
 
@@ -477,25 +478,6 @@ def _tell_to_leave(worker: _Worker) -> None:
         worker.conn.send_bytes(_LEAVE)
     except OSError:
         pass  # already gone
-
-
-def _settle(call: ProcessCall, outcome: bytes) -> None:
-    """Finish ``call``'s future with the outcome its worker sent (in the reader thread)."""
-    fut = call.fut
-    try:
-        ok, value, call.ran = unpack_outcome(outcome)
-    except Exception as exc:
-        refused = TypeError(
-            f"the outcome of fork({describe(fut._func)}) came back from its worker "
-            f"process but cannot be unpickled here ({type(exc).__name__}: {exc})"
-        )
-        refused.__cause__ = exc
-        fut._set_exception(refused)
-        return
-    if ok:
-        fut._set_result(value)
-    else:
-        fut._set_exception(value)
 
 
 def _how_it_ended(code: int | None) -> str:
