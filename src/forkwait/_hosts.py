@@ -180,7 +180,6 @@ def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
     with _settling_orphans:  # two waiters may find it at once; one settles it
         if fut._state >= DONE:
             return
-        fut._handle = None
         fut._set_exception(
             RuntimeError(
                 f"fork({describe(fut._func)}) can never finish: the event loop running it "
@@ -188,6 +187,9 @@ def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
                 f"closing; a loop closed by hand leaves them hanging)"
             )
         )
+        # Only now: dropping the task may destroy it at once, and drive() then sees
+        # the future settled already.
+        fut._handle = None
 
 
 def spawn(
