@@ -8,6 +8,7 @@ programs never start it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sys
 import threading
@@ -187,6 +188,10 @@ def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
                 f"closing; a loop closed by hand leaves them hanging)"
             )
         )
+        # The waiters hear of it from this error: asyncio need not also log the task
+        # as "destroyed but pending" when it goes.
+        with contextlib.suppress(AttributeError):
+            cast(Any, handle)._log_destroy_pending = False
         # Only now: dropping the task may destroy it at once, and drive() then sees
         # the future settled already.
         fut._handle = None
