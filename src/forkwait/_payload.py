@@ -96,7 +96,7 @@ class Ran:
 def run_packed(packed: bytes, where: str | None = None) -> bytes:
     """In the worker: run the packed call; its outcome, with where and when it ran, packed."""
     started = time.time()
-    func: Any = describe
+    func: Any = None  # until the call is unpacked
     try:
         func, args, kwargs = pickle.loads(packed)
         value = func(*args, **kwargs)
@@ -110,11 +110,8 @@ def run_packed(packed: bytes, where: str | None = None) -> bytes:
         return _dumps((*outcome, ran, _traceback_text(outcome)))
     except Exception as exc:
         ok, value = outcome
-        what = (
-            f"the value returned by {describe(func)}"
-            if ok
-            else (f"the exception raised by {describe(func)}")
-        )
+        name = "unpacking the call" if func is None else describe(func)
+        what = f"the value returned by {name}" if ok else f"the exception raised by {name}"
         refused = TypeError(
             f"{what} ({type(value).__qualname__} object: {_shorten(value)}) cannot be "
             f"pickled to come back from {ran[0]} ({type(exc).__name__}: {exc}); return "
