@@ -24,16 +24,21 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
+def run_example(name: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -W error examples/NAME ARGS`` in a fresh interpreter, output captured."""
+    return subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.mark.timeout(60)
 def test_quickstart_shows_the_batches_overlapping() -> None:
     """The demo runs from sync and async code and each batch overlaps its calls."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
+    result = run_example("quickstart.py", timeout=50)
     assert result.returncode == 0, result.stderr
     assert "sync code: ['disk read', 'net fetched', 'inner.a read + inner.b fetched']" in (
         result.stdout
@@ -49,13 +54,7 @@ def test_quickstart_shows_the_batches_overlapping() -> None:
 def test_torch_ensemble_gives_the_sequential_outputs_from_sync_and_async_code() -> None:
     """The ensemble example runs both ways; its speed-up is printed, not asserted (a
     timing on a shared machine), and `make bench` measures it properly (rows 9-11)."""
-    result = subprocess.run(
-        [sys.executable, "-W", "error", str(ROOT / "examples" / "torch_ensemble.py")],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
+    result = run_example("torch_ensemble.py", timeout=110)
     assert result.returncode == 0, result.stderr
     assert "same outputs: True; inference tensors: True" in result.stdout
     speedups = re.findall(
@@ -68,13 +67,7 @@ def test_torch_ensemble_gives_the_sequential_outputs_from_sync_and_async_code() 
 def test_distributed_runs_the_batch_on_threads_processes_and_a_local_cluster() -> None:
     """The times are printed, not asserted (a timing on a shared machine); `make bench`
     measures them (row 15)."""
-    result = subprocess.run(
-        [sys.executable, "-W", "error", str(ROOT / "examples" / "distributed.py")],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
+    result = run_example("distributed.py", timeout=110)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for target in ("threads", "processes", "dask"):
@@ -87,20 +80,7 @@ def test_distributed_runs_the_batch_on_threads_processes_and_a_local_cluster() -
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_anyio_app_runs_on_both_backends(backend: str) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-W",
-            "error",
-            str(ROOT / "examples" / "anyio_app.py"),
-            "--backend",
-            backend,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
+    result = run_example("anyio_app.py", "--backend", backend, timeout=50)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"running on {backend}" in out
@@ -125,13 +105,7 @@ def load_example(name: str) -> ModuleType:
 def test_sync_script_forks_blocking_calls_from_plain_sync_code() -> None:
     """The sync example gives the right digests, overlaps its downloads, times a wait out
     with the builtin TimeoutError and gets the call's own FileNotFoundError back."""
-    result = subprocess.run(
-        [sys.executable, "-W", "error", str(EXAMPLES / "sync_script.py")],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
+    result = run_example("sync_script.py", timeout=50)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     out = result.stdout

@@ -603,3 +603,18 @@ def test_random_programs_with_failures_and_cancels_never_hang_and_agree_where_un
             assert seen == want or (node.cancel and seen == ("cancelled", None)), (node, seen)
         if not node.cancel:
             assert seen[0] != "cancelled", (node, seen)  # only its own cancel ends it so
+
+
+def test_a_false_coroutine_function_gives_its_value_in_sequential_mode_too() -> None:
+    class Liar:
+        _is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+
+        def __call__(self) -> int:
+            return 7
+
+    async def main() -> int:
+        with forkwait.sequential():
+            fut = fork(Liar())  # from async code: queued behind earlier coroutines
+        return await fut
+
+    assert asyncio.run(main()) == 7

@@ -117,6 +117,8 @@ async def _after(previous: Future[Any] | None, coro: Any, serial: int) -> Any:
         from ._wait import collect_all
 
         await collect_all([previous])  # finished, whatever its outcome
+    if not inspect.isawaitable(coro):
+        return coro  # a false coroutine function's value, as fork() gives it
     return await coro
 
 
