@@ -148,7 +148,8 @@ class Future(Generic[T]):
         """The value of a finished future, or raises its exception or ``CancelledError``."""
         state = self._state
         if state == DONE:
-            return cast(T, self._value)
+            value: T = self._value  # typed by assignment: a cast() would be a call
+            return value
         if state == FAILED:
             self._mark_retrieved()
             # Re-raise the call's own exception, with its original traceback each time
@@ -180,7 +181,8 @@ class Future(Generic[T]):
             return observed_wait(self, timeout, "result")
         state = self._state
         if state == DONE:
-            return cast(T, self._value)
+            value: T = self._value
+            return value
         if state < DONE:
             block_until_done(self, timeout, "result")
         return self._outcome()
@@ -224,37 +226,43 @@ class Future(Generic[T]):
         return self._outcome()
 
     def __await__(self) -> Generator[Any, None, T]:
-        if self._state < DONE:
+        # One generator for the whole await: a finished future (the common case after
+        # a fan-out) costs one frame, and a pending one a single bare yield.
+        state = self._state
+        if state < DONE:
             loop = _get_running_loop()
             if loop is None:
                 if trio_token() is not None:
-                    return self._await_in_trio()
+                    return (yield from self._await_in_trio())
                 raise RuntimeError(
                     "await on a forkwait.Future needs a running event loop (asyncio or "
                     "trio) in this thread; from sync code use forkwait.wait(fut)"
                 )
-            if type(self._handle) is _Task and get_observer() is None:
-                # Its task is on this loop's ready queue: let it run first, as it often
-                # finishes in that one step, and then the value is there after one turn
-                # of the loop instead of two.
-                return self._after_one_turn(loop)
-            return self._wait_on(loop)
-        observer = get_observer()
-        if observer is not None:  # a wait that found the call finished is a wait too
-            stopped = observer.waiting(self)
-            if stopped is not None:
-                stopped()
-        return self._outcome_now()
+            if type(self._handle) is not _Task or get_observer() is not None:
+                return (yield from self._wait_on(loop))
+            # Its task is on this loop's ready queue: let it run first, as it often
+            # finishes in that one step, and then the value is there after one turn of
+            # the loop instead of two. Nothing is registered during the turn: if the
+            # call fails meanwhile, this task retrieves the failure when it steps again,
+            # before the loop runs anything queued later (a task group's keeper looks
+            # one turn after that, see Scope._keep).
+            yield  # a bare yield: the awaiting task steps again after the ones queued now
+            state = self._state
+            if state < DONE:
+                return (yield from self._wait_after_the_turn(loop))
+        else:
+            observer = get_observer()
+            if observer is not None:  # a wait that found the call finished is a wait too
+                stopped = observer.waiting(self)
+                if stopped is not None:
+                    stopped()
+        if state == DONE:
+            value: T = self._value
+            return value
+        return self._outcome()
 
-    def _after_one_turn(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
-        # Nothing is registered during the turn: if the call fails meanwhile, this task
-        # retrieves the failure when it steps again, before the loop runs anything queued
-        # later (a task group's keeper looks one turn after that, see Scope._keep).
-        yield  # a bare yield: the awaiting task steps again after the ones queued now
-        if self._state == DONE:
-            return cast(T, self._value)
-        if self._state > DONE:
-            return self._outcome()
+    def _wait_after_the_turn(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
+        """The task did not finish in its first step: wait for it through a waiter."""
         _refuse_awaiting_itself(self, loop)
         waiter: asyncio.Future[T] = loop.create_future()
         if not self._add_waiter(waiter):
@@ -307,12 +315,6 @@ class Future(Generic[T]):
         finally:
             if stopped is not None:
                 stopped()
-
-    def _outcome_now(self) -> Generator[Any, None, T]:
-        yield from ()
-        if self._state == DONE:
-            return cast(T, self._value)
-        return self._outcome()
 
     # -- cancellation ------------------------------------------------------------------
 

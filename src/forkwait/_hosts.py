@@ -312,6 +312,7 @@ def take(fut: Future[Any]) -> Any:  # Any: a call record, a coroutine or a callb
     if not handle or not isinstance(handle, list):  # testing first: raising costs more
         return None
     try:
-        return cast(object, handle.pop())
+        popped: object = handle.pop()
+        return popped
     except IndexError:
         return None

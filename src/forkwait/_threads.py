@@ -377,7 +377,7 @@ def run_inline(fut: Future[Any]) -> bool:
     if type(handle) is not list or depth >= MAX_INLINE_DEPTH:
         return False
     try:
-        call: Call = cast("Call", handle.pop())  # take(fut), inlined
+        call: Call = handle.pop()  # take(fut), inlined
     except IndexError:
         return False
     fut._state = RUNNING

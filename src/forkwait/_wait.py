@@ -8,7 +8,7 @@ import time
 import warnings
 from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator, Iterable
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
@@ -83,7 +83,8 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
             block(future, timeout)  # no loop runs here: checked above
             state = future._state
         if state == DONE:
-            return cast(T, future._value)
+            value: T = future._value  # typed by assignment: a cast() would be a call
+            return value
         return future._outcome()
     source = future if timeout is None else _with_timeout(future, timeout)
     # In async code the value arrives through the awaitable; typed as T for sync
