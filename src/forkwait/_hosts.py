@@ -311,8 +311,8 @@ def take(fut: Future[Any]) -> Any:  # Any: a call record, a coroutine or a callb
     handle: Any = fut._handle
     if not handle or not isinstance(handle, list):  # testing first: raising costs more
         return None
+    queued: list[object] = handle
     try:
-        popped: object = handle.pop()
-        return popped
+        return queued.pop()
     except IndexError:
         return None

@@ -372,12 +372,12 @@ def block_until_done(
 def run_inline(fut: Future[Any]) -> bool:
     """Rule 1: run ``fut``'s queued sync call in this thread, rather than wait for a worker
     that may never come; ``False`` if somebody took it first, or the stack is deep."""
-    handle: Any = fut._handle
+    handle: list[Call] = fut._handle
     depth = get_call_frame()[1]
     if type(handle) is not list or depth >= MAX_INLINE_DEPTH:
         return False
     try:
-        call: Call = handle.pop()  # take(fut), inlined
+        call = handle.pop()  # take(fut), inlined
     except IndexError:
         return False
     fut._state = RUNNING
