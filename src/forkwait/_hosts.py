@@ -311,8 +311,7 @@ def take(fut: Future[Any]) -> Any:  # Any: a call record, a coroutine or a callb
     handle: Any = fut._handle
     if not handle or not isinstance(handle, list):  # testing first: raising costs more
         return None
-    queued: list[object] = handle
     try:
-        return queued.pop()
+        return cast(object, handle.pop())
     except IndexError:
         return None
