@@ -388,6 +388,19 @@ def run_inline(fut: Future[Any]) -> bool:
     return True
 
 
+def run_queued(futs: list[Future[Any]]) -> None:
+    """Rule 1 for a fan-in: run here each of ``futs`` that no worker has taken yet.
+
+    Last first, since workers take from the front: the waiter adds a thread's work
+    instead of blocking on the first future while the others wait for a worker. Stops
+    at a failure, which the waiter is about to raise.
+    """
+    for fut in reversed(futs):
+        if fut._state == QUEUED and type(fut._handle) is list and run_inline(fut):
+            if fut._state > DONE:
+                return
+
+
 def block(fut: Future[Any], timeout: float | None) -> None:
     """``block_until_done`` for a caller that knows no loop runs in this thread."""
     if timeout is None and fut._state == QUEUED:
@@ -397,12 +410,13 @@ def block(fut: Future[Any], timeout: float | None) -> None:
             if run_inline(fut) and fut._state >= DONE:
                 return
         elif isinstance(handle, Members):
-            # Made of other futures: wait for each in turn, so that queued ones run here
-            # (rule 1) rather than each blocked level of a nesting starting a new thread.
+            # Made of other futures: queued ones run here (rule 1) rather than each
+            # blocked level of a nesting starting a new thread; then wait for the rest.
             try:
                 members = cast("list[Future[Any]]", handle[0])
             except IndexError:  # it finished (or was cancelled) just now
                 members = []
+            run_queued(members)
             for member in members:
                 if member._state < DONE:
                     _wait_for_member(member)

@@ -14,7 +14,7 @@ from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
 from ._hosts import Members, take, trio_token
 from ._state import DONE, QUEUED, RUNNING
-from ._threads import block
+from ._threads import block, run_queued
 
 T = TypeVar("T")
 
@@ -113,6 +113,8 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
             raise _not_a_future(fut, "wait_all")
     if _get_running_loop() is None and trio_token() is None:
         if timeout is None:
+            if get_observer() is None:  # a scope's or trace's waits go through result()
+                run_queued(futs)
             return [fut.result() for fut in futs]
         deadline = time.monotonic() + timeout
         return [fut.result(max(deadline - time.monotonic(), 0.0)) for fut in futs]
