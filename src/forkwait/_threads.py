@@ -396,9 +396,13 @@ def run_queued(futs: list[Future[Any]]) -> None:
     at a failure, which the waiter is about to raise.
     """
     for fut in reversed(futs):
-        if fut._state == QUEUED and type(fut._handle) is list and run_inline(fut):
-            if fut._state > DONE:
-                return
+        if (
+            fut._state == QUEUED
+            and type(fut._handle) is list
+            and run_inline(fut)
+            and fut._state > DONE
+        ):
+            return
 
 
 def block(fut: Future[Any], timeout: float | None) -> None:
