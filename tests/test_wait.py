@@ -167,6 +167,25 @@ async def test_wait_all_keeps_order_in_async_code() -> None:
     assert await wait_all(futs) == [0, 1, 2]  # type: ignore[misc]
 
 
+def test_wait_all_runs_the_queued_calls_itself_last_first(max_threads: Any) -> None:
+    """With every worker busy, the waiter runs what is queued, from the end (workers
+    take from the front), instead of blocking on the first future."""
+    max_threads(1)
+    gate = threading.Event()
+    busy = fork(gate.wait)  # the one worker
+    ran: list[tuple[int, int]] = []
+
+    def record(i: int) -> int:
+        ran.append((i, threading.get_ident()))
+        return i
+
+    futs = [fork(record, i) for i in range(4)]
+    assert wait_all(futs) == [0, 1, 2, 3]
+    assert ran == [(i, threading.get_ident()) for i in (3, 2, 1, 0)]
+    gate.set()
+    assert busy.result() is True
+
+
 def test_wait_all_raises_the_first_failure_in_order() -> None:
     """A failure surfaces as its own exception."""
 
