@@ -22,9 +22,11 @@ from ._hosts import (
     drive,
     get_call_frame,
     spawn,
+    start_in_trio,
     take,
     thread_host,
     thread_state,
+    trio_token,
 )
 from ._state import QUEUED, RUNNING
 from ._threads import pool, pool_for
@@ -91,6 +93,11 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
             body.send(None)
             fut._handle = loop.create_task(body)
             return fut
+        if "trio" in _modules:
+            token = trio_token()
+            if token is not None:  # the trio run of this thread: a system task of it
+                start_in_trio(token, fut, coro, _copy_context())
+                return fut
         fut._state = QUEUED
         fut._handle = Slot(coro)  # see take; cancel() before the task starts closes it
         spawn(thread_host(), fut, coro, _copy_context(), queued=True)

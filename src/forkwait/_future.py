@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
 from ._callables import describe
-from ._hooks import Observer, get_observer
+from ._hooks import get_observer
 from ._hosts import (
     HostedTask,
     Remote,
@@ -232,8 +232,18 @@ class Future(Generic[T]):
         if state < DONE:
             loop = _get_running_loop()
             if loop is None:
-                if trio_token() is not None:
-                    return (yield from self._await_in_trio())
+                token = trio_token()
+                if token is not None:
+                    from ._trio import wait_in_trio
+
+                    observer = get_observer()
+                    stopped = observer.waiting(self) if observer is not None else None
+                    try:
+                        outcome: T = yield from wait_in_trio(self, token).__await__()
+                        return outcome
+                    finally:
+                        if stopped is not None:
+                            stopped()
                 raise RuntimeError(
                     "await on a forkwait.Future needs a running event loop (asyncio or "
                     "trio) in this thread; from sync code use forkwait.wait(fut)"
@@ -297,24 +307,6 @@ class Future(Generic[T]):
         if not self._add_waiter(waiter):
             self._settle(waiter)  # finished meanwhile
         return waiter.__await__()
-
-    def _await_in_trio(self) -> Generator[Any, None, T]:
-        from ._trio import wait_in_trio
-
-        observer = get_observer()
-        if observer is None:
-            return wait_in_trio(self).__await__()
-        return self._observed_await_in_trio(observer)
-
-    def _observed_await_in_trio(self, observer: Observer) -> Generator[Any, None, T]:
-        from ._trio import wait_in_trio
-
-        stopped = observer.waiting(self)
-        try:
-            return cast(T, (yield from wait_in_trio(self).__await__()))
-        finally:
-            if stopped is not None:
-                stopped()
 
     # -- cancellation ------------------------------------------------------------------
 

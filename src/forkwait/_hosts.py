@@ -197,6 +197,13 @@ def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
         fut._handle = None
 
 
+def start_in_trio(
+    token: TrioToken, fut: Future[Any], awaitable: Awaitable[Any], context: contextvars.Context
+) -> None:
+    """Start ``fut``'s task in the trio run of this thread, whose ``token`` was just read."""
+    _trio_host.start(token, fut, awaitable, context, False)
+
+
 def spawn(
     host: Host,
     fut: Future[Any],

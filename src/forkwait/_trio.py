@@ -31,6 +31,8 @@ logger = logging.getLogger("forkwait")
 
 _sniffio_thread = sniffio.thread_local
 _current_token = trio.lowlevel.current_trio_token
+_current_task = trio.lowlevel.current_task
+_get_ident = threading.get_ident
 _RunFinishedError = trio.RunFinishedError
 _Cancelled = trio.Cancelled
 
@@ -84,22 +86,23 @@ def spawn(
 ) -> None:
     """Run ``awaitable`` as ``fut``'s system task in the run of ``token``, from any thread."""
     if current_token() is token:
-        _start(token, fut, awaitable, context, queued)
+        start(token, fut, awaitable, context, queued)
         return
     if queued:
         handle: Slot = fut._handle
         handle.loop = token  # where cancel() finds the task if it loses the race
-    if not call_soon(token, _start, token, fut, awaitable, context, queued):
+    if not call_soon(token, start, token, fut, awaitable, context, queued):
         fail_to_start(fut, awaitable, queued, f"its trio run ({token!r}) has ended")
 
 
-def _start(
+def start(
     token: trio.lowlevel.TrioToken,
     fut: Future[Any],
     awaitable: Awaitable[Any],
     context: contextvars.Context,
     queued: bool,
 ) -> None:
+    """Start ``fut``'s system task, in the run's thread; ``queued`` as for ``spawn``."""
     if queued:
         if take(fut) is None:
             return  # cancel() won, and closed the coroutine
@@ -108,7 +111,7 @@ def _start(
     fut._handle = TrioTask(scope, token)
     try:
         trio.lowlevel.spawn_system_task(
-            _drive, fut, awaitable, scope, name=describe(fut._func), context=context
+            _drive, fut, awaitable, scope, name=fut._func, context=context
         )
     except RuntimeError as exc:  # the run is ending: its system nursery takes no more
         close_awaitable(awaitable)
@@ -164,18 +167,18 @@ class TrioWaiter:
 
     __slots__ = ("aborted", "fut", "marked", "task", "thread", "token", "waiting", "woken")
 
-    def __init__(self, fut: Future[Any]) -> None:
+    def __init__(self, fut: Future[Any], token: trio.lowlevel.TrioToken) -> None:
         self.fut = fut
-        self.task = trio.lowlevel.current_task()
-        self.token = _current_token()
-        self.thread = threading.get_ident()
+        self.task = _current_task()
+        self.token = token
+        self.thread = _get_ident()
         self.aborted = False  # the task stopped waiting (cancelled)
         self.waiting = False  # the task is suspended, so it may be rescheduled
         self.woken = False
         self.marked = False  # it took the failure as retrieved
 
     def __call__(self, fut: Future[Any]) -> None:
-        if threading.get_ident() == self.thread:
+        if _get_ident() == self.thread:
             self._wake()
         else:
             call_soon(self.token, self._wake)  # if the run ended, nobody is left to wake
@@ -204,12 +207,12 @@ class TrioWaiter:
             self.fut._restore_unretrieved()  # taken, but never raised: report it again
 
 
-async def wait_in_trio(fut: Future[Any]) -> Any:
-    """``await fut`` in a trio task: the value, or the call's exception."""
+async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
+    """``await fut`` in a trio task of the run of ``token``: the value, or the call's exception."""
     if fut._state >= DONE:
         await trio.lowlevel.checkpoint()
         return fut._outcome()
-    waiter = TrioWaiter(fut)
+    waiter = TrioWaiter(fut, token)
     if not fut._add_waiter(waiter):  # finished meanwhile
         await trio.lowlevel.checkpoint()
         return fut._outcome()
