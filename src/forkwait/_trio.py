@@ -209,7 +209,16 @@ class TrioWaiter:
 
 async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
     """``await fut`` in a trio task of the run of ``token``: the value, or the call's exception."""
-    if fut._state >= DONE:
+    if fut._state < DONE and type(fut._handle) is TrioTask:
+        # Its task is on the run's queue: let it run first, as it often finishes in that
+        # one step, and then the value is there after one batch instead of two, with
+        # nothing registered. If it fails meanwhile, this task retrieves the failure
+        # when it steps, before a task group's keeper looks (a batch later, see
+        # Scope._keep).
+        await trio.lowlevel.checkpoint()
+        if fut._state >= DONE:
+            return fut._outcome()
+    elif fut._state >= DONE:
         await trio.lowlevel.checkpoint()
         return fut._outcome()
     waiter = TrioWaiter(fut, token)
@@ -217,15 +226,11 @@ async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
         await trio.lowlevel.checkpoint()
         return fut._outcome()
     try:
-        if type(fut._handle) is TrioTask:
-            # Its task is on the run's queue: let it run first, as it often finishes in
-            # that one step, and then the value is there after one batch instead of two.
-            await trio.lowlevel.checkpoint()
         if not waiter.woken:
             waiter.waiting = True
             await trio.lowlevel.wait_task_rescheduled(waiter.abort)
     except BaseException:
         if not waiter.aborted:
-            waiter.abandon()  # cancelled at the checkpoint
+            waiter.abandon()
         raise
     return fut._outcome()
