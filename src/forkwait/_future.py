@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
+from . import _hosts
 from ._callables import describe
 from ._hooks import get_observer
 from ._hosts import (
@@ -233,17 +234,9 @@ class Future(Generic[T]):
             loop = _get_running_loop()
             if loop is None:
                 token = trio_token()
-                if token is not None:
-                    from ._trio import wait_in_trio
-
-                    observer = get_observer()
-                    stopped = observer.waiting(self) if observer is not None else None
-                    try:
-                        outcome: T = yield from wait_in_trio(self, token).__await__()
-                        return outcome
-                    finally:
-                        if stopped is not None:
-                            stopped()
+                if token is not None:  # and so forkwait._trio is loaded
+                    waiting: Awaitable[T] = _hosts._trio_host.wait_in_trio(self, token)
+                    return (yield from waiting.__await__())
                 raise RuntimeError(
                     "await on a forkwait.Future needs a running event loop (asyncio or "
                     "trio) in this thread; from sync code use forkwait.wait(fut)"

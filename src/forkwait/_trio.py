@@ -21,6 +21,7 @@ import sniffio
 import trio
 
 from ._callables import describe
+from ._hooks import get_observer
 from ._hosts import HostedTask, Slot, close_awaitable, fail_to_start, take
 from ._state import DONE, FAILED, RUNNING
 
@@ -209,28 +210,34 @@ class TrioWaiter:
 
 async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
     """``await fut`` in a trio task of the run of ``token``: the value, or the call's exception."""
-    if fut._state < DONE and type(fut._handle) is TrioTask:
-        # Its task is on the run's queue: let it run first, as it often finishes in that
-        # one step, and then the value is there after one batch instead of two, with
-        # nothing registered. If it fails meanwhile, this task retrieves the failure
-        # when it steps, before a task group's keeper looks (a batch later, see
-        # Scope._keep).
-        await trio.lowlevel.checkpoint()
-        if fut._state >= DONE:
-            return fut._outcome()
-    elif fut._state >= DONE:
-        await trio.lowlevel.checkpoint()
-        return fut._outcome()
-    waiter = TrioWaiter(fut, token)
-    if not fut._add_waiter(waiter):  # finished meanwhile
-        await trio.lowlevel.checkpoint()
-        return fut._outcome()
+    observer = get_observer()
+    stopped = observer.waiting(fut) if observer is not None else None
     try:
-        if not waiter.woken:
-            waiter.waiting = True
-            await trio.lowlevel.wait_task_rescheduled(waiter.abort)
-    except BaseException:
-        if not waiter.aborted:
-            waiter.abandon()
-        raise
-    return fut._outcome()
+        if fut._state < DONE and type(fut._handle) is TrioTask:
+            # Its task is on the run's queue: let it run first, as it often finishes in that
+            # one step, and then the value is there after one batch instead of two, with
+            # nothing registered. If it fails meanwhile, this task retrieves the failure
+            # when it steps, before a task group's keeper looks (a batch later, see
+            # Scope._keep).
+            await trio.lowlevel.checkpoint()
+            if fut._state >= DONE:
+                return fut._outcome()
+        elif fut._state >= DONE:
+            await trio.lowlevel.checkpoint()
+            return fut._outcome()
+        waiter = TrioWaiter(fut, token)
+        if not fut._add_waiter(waiter):  # finished meanwhile
+            await trio.lowlevel.checkpoint()
+            return fut._outcome()
+        try:
+            if not waiter.woken:
+                waiter.waiting = True
+                await trio.lowlevel.wait_task_rescheduled(waiter.abort)
+        except BaseException:
+            if not waiter.aborted:
+                waiter.abandon()
+            raise
+        return fut._outcome()
+    finally:
+        if stopped is not None:
+            stopped()
