@@ -17,8 +17,10 @@ import sys
 import threading
 from pathlib import Path
 
+import anyio
 import uvloop
 
+import forkwait
 from forkwait import configure, fork, wait
 
 from .fib import HelpingPool
@@ -86,16 +88,32 @@ def _run_fib(which: str, n: int) -> None:
     gate.set()
 
 
+async def _await_start_soon(n: int) -> None:
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            await tg.start_soon(_anoop)
+
+
+async def _await_scoped_fork(n: int) -> None:
+    async with forkwait.scope():
+        for _ in range(n):
+            await fork(_anoop)
+
+
 ASYNC_CASES = {
     "await create_task": _await_create_task,
     "await fork(coro)": _await_fork,
     "fan-out create_task": _fan_out_create_task,
     "fan-out fork(coro)": _fan_out_fork,
+    "await tg.start_soon()": _await_start_soon,
+    "scoped await fork(coro)": _await_scoped_fork,
 }
 
 
 def _child(case: str, loop: str, n: int) -> None:
-    if case in ASYNC_CASES:
+    if loop == "trio":
+        anyio.run(ASYNC_CASES[case], n, backend="trio")
+    elif case in ASYNC_CASES:
         run = asyncio.run if loop == "asyncio" else uvloop.run
         run(ASYNC_CASES[case](n))
     else:
@@ -134,6 +152,9 @@ def main() -> int:
         ):
             a, f = _per_op(anchor, loop, N, N), _per_op(ours, loop, N, N)
             print(f"| {ours} [{loop}] | {a:,.0f} | {f:,.0f} | {f / a:.2f} |", flush=True)
+    a = _per_op("await tg.start_soon()", "trio", N, N)
+    f = _per_op("scoped await fork(coro)", "trio", N, N)
+    print(f"| scoped await fork(coro) [trio] | {a:,.0f} | {f:,.0f} | {f / a:.2f} |", flush=True)
     forks = 2 * 232  # fib(12) forks twice in each of its 232 calls with k >= 2
     a = _per_op("helping", "-", 1, forks)
     f = _per_op("forkwait", "-", 1, forks)
