@@ -14,7 +14,7 @@ from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
 from ._hosts import Members, take, trio_token
 from ._state import DONE, QUEUED, RUNNING
-from ._threads import block, run_queued
+from ._threads import block, run_inline, run_queued
 
 T = TypeVar("T")
 
@@ -79,6 +79,9 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
             return observed_wait(future, timeout, "wait")
         # future.result(timeout), inlined: the sync hot path.
         state = future._state
+        if state == QUEUED and timeout is None and type(future._handle) is list:
+            run_inline(future)  # rule 1, as block() would, one call sooner
+            state = future._state
         if state < DONE:
             block(future, timeout)  # no loop runs here: checked above
             state = future._state
