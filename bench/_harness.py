@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -78,14 +79,13 @@ def _sample(measure: Measure, n: int) -> float:
 
 
 def _calibrate(measure: Measure, seconds: float) -> int:
-    # By the time the sample reports (its clock runs around the operations only), not
-    # by its wall time: a sample that starts an event loop (anyio.run) would otherwise
-    # be sized by the start-up, and time the first few operations of a cold run.
     n = 1
     while True:
-        timed = _sample(measure, n) * n
-        if timed >= seconds / 4 or n >= 1 << 22:
-            return max(1, round(n * seconds / max(timed, 1e-9)))
+        start = time.perf_counter()
+        _sample(measure, n)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds / 4 or n >= 1 << 22:
+            return max(1, round(n * seconds / max(elapsed, 1e-9)))
         n *= 4
 
 
