@@ -109,11 +109,12 @@ def test_sixteen_threads_forking_waiting_cancelling_and_adding_callbacks() -> No
             raise ValueError(i)
         return i
 
-    counting = threading.Lock()
+    counting = threading.Condition()
 
     def on_done(fut: Future[int]) -> None:
         with counting:  # two callbacks of one future may run at once, in two threads
             callbacks[id(fut)] += 1
+            counting.notify_all()
 
     def hammer(seed: int) -> None:
         rng = random.Random(seed)
@@ -153,10 +154,11 @@ def test_sixteen_threads_forking_waiting_cancelling_and_adding_callbacks() -> No
     forkwait.wait_all([forkwait.collect_all(shared)], timeout=30)
     assert all(fut.done() for fut in shared)
     # A callback added to a future runs once per adding; none twice, none missed.
-    deadline = time.monotonic() + 10
-    while callbacks != added and time.monotonic() < deadline:
-        time.sleep(0.01)  # the last callbacks run in worker threads just after wait ends
-    assert callbacks == added
+    # The last callbacks run in worker threads just after the wait ends; the counter is
+    # read under the lock that its writers hold.
+    with counting:
+        counting.wait_for(lambda: callbacks == added, timeout=10)
+        assert callbacks == added
     for fut in shared:
         if not fut.cancelled() and fut.exception() is not None:
             assert isinstance(fut.exception(), ValueError)
