@@ -7,12 +7,13 @@ import logging
 import threading
 from typing import Any
 
+import anyio
 import pytest
 import trio
 import trio.lowlevel
 
 import forkwait
-from forkwait import fork, wait
+from forkwait import Future, fork, wait
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -206,3 +207,62 @@ def test_a_fork_with_a_nursery_cancelled_at_the_end_of_the_run_is_cancelled(
     assert left.cancelled()
     assert "fork(test_a_fork_with_a_nursery" in caplog.text
     assert "never retrieved" not in caplog.text
+
+
+async def _fails_at_once() -> None:
+    raise ValueError("f1")
+
+
+def test_a_failure_awaited_in_a_scope_is_raised_once_whatever_order_trio_runs_tasks() -> None:
+    """A task awaiting the fork has retrieved its failure before anyone else judges it:
+    trio runs each batch in either order, so try it many times."""
+
+    async def attached() -> str:
+        caught: list[Future[None]] = []
+        box: list[Future[None]] = []
+
+        async def awaiter() -> None:
+            try:
+                await box[0]
+            except ValueError:
+                caught.append(box[0])
+
+        async with anyio.create_task_group() as tg:
+            with forkwait.scope(task_group=tg):
+                tg.start_soon(awaiter)  # runnable before the fork's task and its keeper
+                box.append(fork(_fails_at_once))
+        return "caught" if caught else "lost"
+
+    async def plain() -> str:
+        caught: list[bool] = []
+
+        async def consumer(fut: Future[None]) -> None:
+            try:
+                await fut
+            except ValueError:
+                caught.append(True)
+
+        async with trio.open_nursery() as nursery, forkwait.scope():
+            nursery.start_soon(consumer, fork(_fails_at_once))
+        return "caught" if caught else "lost"
+
+    for _ in range(100):
+        assert trio.run(attached) == "caught"  # no ExceptionGroup from the task group
+        assert trio.run(plain) == "caught"  # nor from the scope
+
+
+class _AsyncModel:
+    """An async callable object whose repr fails: instances have no __qualname__."""
+
+    async def __call__(self, x: int) -> int:
+        return 2 * x
+
+    def __repr__(self) -> str:
+        raise AttributeError("not set up yet")
+
+
+def test_a_callable_object_whose_repr_fails_still_forks() -> None:
+    async def main() -> int:
+        return await fork(_AsyncModel(), 21)
+
+    assert trio.run(main) == 42

@@ -167,23 +167,47 @@ async def test_wait_all_keeps_order_in_async_code() -> None:
     assert await wait_all(futs) == [0, 1, 2]  # type: ignore[misc]
 
 
-def test_wait_all_runs_the_queued_calls_itself_last_first(max_threads: Any) -> None:
-    """With every worker busy, the waiter runs what is queued, from the end (workers
-    take from the front), instead of blocking on the first future."""
+def test_wait_all_runs_the_queued_calls_before_blocking_on_a_running_one(
+    max_threads: Any,
+) -> None:
+    """The one worker runs the first call, which needs the last one to have run: the
+    waiter runs the queued ones itself instead of blocking on the first."""
+    max_threads(1)
+    last_ran = threading.Event()
+    first_started = threading.Event()
+
+    def first() -> bool:
+        first_started.set()
+        return last_ran.wait(timeout=5)
+
+    def record(i: int) -> int:
+        if i == 3:
+            last_ran.set()
+        return i
+
+    futs: list[Future[Any]] = [fork(first)]
+    assert first_started.wait(timeout=5)  # the worker has it: busy until the last ran
+    futs += [fork(record, i) for i in (1, 2, 3)]
+    assert wait_all(futs) == [True, 1, 2, 3]
+
+
+def test_wait_all_raises_a_failure_before_running_the_calls_behind_it(max_threads: Any) -> None:
+    """As torch.futures.wait_all: it stops at a failure instead of running the rest."""
     max_threads(1)
     gate = threading.Event()
     busy = fork(gate.wait)  # the one worker
-    ran: list[tuple[int, int]] = []
+    ran: list[int] = []
 
-    def record(i: int) -> int:
-        ran.append((i, threading.get_ident()))
-        return i
+    def boom() -> None:
+        raise KeyError("first")
 
-    futs = [fork(record, i) for i in range(4)]
-    assert wait_all(futs) == [0, 1, 2, 3]
-    assert ran == [(i, threading.get_ident()) for i in (3, 2, 1, 0)]
+    futs: list[Future[Any]] = [fork(boom), fork(ran.append, 1), fork(ran.append, 2)]
+    with pytest.raises(KeyError):
+        wait_all(futs)
+    assert ran == []  # still queued, for the worker
     gate.set()
     assert busy.result() is True
+    assert wait_all(futs[1:]) == [None, None]
 
 
 def test_wait_all_raises_the_first_failure_in_order() -> None:

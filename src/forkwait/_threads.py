@@ -389,18 +389,15 @@ def run_inline(fut: Future[Any]) -> bool:
 
 
 def run_queued(futs: list[Future[Any]]) -> None:
-    """Rule 1 for a fan-in: run here each of ``futs`` that no worker has taken yet.
+    """Rule 1 for a fan-in: run here, in order, each of ``futs`` that no worker has
+    taken yet, rather than block on the first while the others wait for a worker.
 
-    Last first, since workers take from the front: the waiter adds a thread's work
-    instead of blocking on the first future while the others wait for a worker. Stops
-    at a failure, which the waiter is about to raise.
+    Stops at a failure, which the waiter is about to raise: one it passes, or one it ran.
     """
-    for fut in reversed(futs):
-        if (
-            fut._state == QUEUED
-            and type(fut._handle) is list
-            and run_inline(fut)
-            and fut._state > DONE
+    for fut in futs:
+        state = fut._state
+        if state > DONE or (
+            state == QUEUED and type(fut._handle) is list and run_inline(fut) and fut._state > DONE
         ):
             return
 

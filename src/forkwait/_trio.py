@@ -112,7 +112,7 @@ def start(
     fut._handle = TrioTask(scope, token)
     try:
         trio.lowlevel.spawn_system_task(
-            _drive, fut, awaitable, scope, name=fut._func, context=context
+            _drive, fut, awaitable, scope, name=describe(fut._func), context=context
         )
     except RuntimeError as exc:  # the run is ending: its system nursery takes no more
         close_awaitable(awaitable)
@@ -213,29 +213,27 @@ async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
     observer = get_observer()
     stopped = observer.waiting(fut) if observer is not None else None
     try:
-        if fut._state < DONE and type(fut._handle) is TrioTask:
-            # Its task is on the run's queue: let it run first, as it often finishes in that
-            # one step, and then the value is there after one batch instead of two, with
-            # nothing registered. If it fails meanwhile, this task retrieves the failure
-            # when it steps, before a task group's keeper looks (a batch later, see
-            # Scope._keep).
-            await trio.lowlevel.checkpoint()
-            if fut._state >= DONE:
-                return fut._outcome()
-        elif fut._state >= DONE:
+        if fut._state >= DONE:
             await trio.lowlevel.checkpoint()
             return fut._outcome()
+        # Registered before the fork's task runs: trio may run this task after whoever
+        # judges failures next (a scope, a task group's keeper), and the waiter marks a
+        # failure retrieved the moment the call ends.
         waiter = TrioWaiter(fut, token)
         if not fut._add_waiter(waiter):  # finished meanwhile
             await trio.lowlevel.checkpoint()
             return fut._outcome()
         try:
+            if type(fut._handle) is TrioTask:
+                # Its task is on the run's queue: let it run first, as it often finishes
+                # in that one step, and then the value is there after one batch, not two.
+                await trio.lowlevel.checkpoint()
             if not waiter.woken:
                 waiter.waiting = True
                 await trio.lowlevel.wait_task_rescheduled(waiter.abort)
         except BaseException:
             if not waiter.aborted:
-                waiter.abandon()
+                waiter.abandon()  # cancelled at the checkpoint
             raise
         return fut._outcome()
     finally:
