@@ -81,8 +81,9 @@ def _sample(measure: Measure, n: int) -> float:
 def _calibrate(measure: Measure, seconds: float) -> int:
     n = 1
     while True:
-        start = time.perf_counter()
-        _sample(measure, n)
+        gc.collect()  # as _sample does, but outside the timing: with torch loaded it
+        start = time.perf_counter()  # takes longer than a sample should
+        measure(n)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds / 4 or n >= 1 << 22:
             return max(1, round(n * seconds / max(elapsed, 1e-9)))
@@ -102,6 +103,10 @@ def run_scenario(scenario: Scenario, config: Config) -> list[Row]:
         if scenario.fixed_n is not None:
             n = scenario.fixed_n
         else:
+            # Calibrate warm: a first call that starts threads (or a loop, or torch's
+            # thread teams) can take longer than a whole sample should, and calibration
+            # would then time one cold operation per sample.
+            _sample(contenders.forkwait, 1)
             n = _calibrate(contenders.forkwait, config.sample_seconds)
         for _, measure in timed:  # warm-up: threads started, code paths and caches hot
             _sample(measure, n)
