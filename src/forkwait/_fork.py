@@ -74,7 +74,8 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         fut._waiters = None
         fut._func = func
         try:
-            coro = func(*args, **kwargs)
+            # Without keywords, no copy of the empty kwargs dict is made for the call.
+            coro = func(*args, **kwargs) if kwargs else func(*args)
         except Exception as exc:  # bad arguments: the waiter gets them, as for sync calls
             fut._handle = None
             fut._set_exception(exc)

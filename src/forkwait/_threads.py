@@ -81,7 +81,7 @@ def _enter(
     kwargs: dict[str, Any],
 ) -> Any:
     _set_call_frame(frame)  # in the call's own context, so nothing to restore
-    return func(*args, **kwargs)
+    return func(*args, **kwargs) if kwargs else func(*args)  # no copy of an empty dict
 
 
 def run_call(fut: Future[Any], call: Call, depth: int) -> None:
