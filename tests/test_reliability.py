@@ -451,11 +451,11 @@ def test_wait_on_a_future_whose_loop_was_closed_says_so() -> None:
     loop = asyncio.new_event_loop()
     fut = loop.run_until_complete(start())
     loop.close()
-    with pytest.raises(RuntimeError, match="the event loop running it was closed"):
+    with pytest.raises(RuntimeError, match="the event loop running its task was closed"):
         wait(fut, timeout=10)
 
     async def from_another_loop() -> None:
-        with pytest.raises(RuntimeError, match="the event loop running it was closed"):
+        with pytest.raises(RuntimeError, match="the event loop running its task was closed"):
             await fut
 
     asyncio.run(from_another_loop())

@@ -399,3 +399,65 @@ def test_an_attached_scope_works_where_sniffio_is_not_installed() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "napped\n"
     assert "Error" not in result.stderr
+
+
+# -- forks that appear while leaving; scopes inside scopes ------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_nested_fork_failing_while_leaving_cancels_the_fork_waiting_for_it() -> None:
+    """The scope is already leaving when a running fork forks the one that fails: that
+    failure still cancels the rest (which would otherwise wait for good)."""
+    never = anyio.Event()
+
+    async def producer() -> None:
+        await anyio.sleep(0.01)
+        raise ValueError("the nested fork failed")
+
+    async def consumer() -> None:
+        fork(producer)
+        await never.wait()  # for what the producer was to make
+
+    with anyio.CancelScope(deadline=anyio.current_time() + 10) as deadline:
+        with pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="nested")):
+            async with forkwait.scope():
+                fork(consumer)
+    assert not deadline.cancel_called, "only the deadline ended the wait"
+
+
+@pytest.mark.anyio
+async def test_a_failure_an_inner_scope_raises_and_its_caller_handles_stays_inside() -> None:
+    """As with anyio's nested task groups: the inner scope raises its fork's failure to
+    the code around it, and the outer scope's other forks go on."""
+
+    def handles_its_scope() -> str:
+        try:
+            with forkwait.scope():
+                fork(fails, "inner")
+                fork(nap, None, 0.05)
+        except ExceptionGroup:
+            return "handled"
+        return "not raised"
+
+    async with forkwait.scope():
+        handler = fork(handles_its_scope)
+        sibling = fork(nap, "sibling", 0.2)
+    assert handler.result() == "handled"
+    assert sibling.result() == "sibling"
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_outer_scope_reaches_forks_of_an_inner_one() -> None:
+    started = threading.Event()
+    inner: list[Future[Any]] = []
+
+    def runs_an_inner_scope() -> None:
+        with forkwait.scope():
+            inner.append(fork(nap, None, 3600))
+            started.set()
+
+    async with forkwait.scope() as outer:
+        fork(runs_an_inner_scope)
+        await anyio.to_thread.run_sync(started.wait, 10)
+        outer.cancel()
+    assert inner[0].cancelled()

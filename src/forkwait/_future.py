@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import threading
+import weakref
 from _thread import allocate_lock
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable, Generator
@@ -17,6 +19,7 @@ from ._callables import describe
 from ._hooks import get_observer
 from ._hosts import (
     HostedTask,
+    OnItsWay,
     Remote,
     Slot,
     abandon_if_its_loop_closed,
@@ -42,6 +45,12 @@ _first_list = _lists.setdefault
 _get_running_loop = _events._get_running_loop
 _AsyncioFuture = asyncio.Future
 _Task: Any = asyncio.Task
+# How many takers of a failure may still give it back: an awaiting task handed the
+# failure and cancelled before it raised it, or a thread interrupted as it was woken.
+# The failure is reported again only if the last taker gives it back. Failed futures
+# only, so kept apart from Future's slots.
+_takers: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
+_takers_lock = threading.Lock()
 
 
 class CancelledError(concurrent.futures.CancelledError):
@@ -159,15 +168,26 @@ class Future(Generic[T]):
         raise self._cancelled_error()
 
     def _mark_retrieved(self) -> None:
-        unretrieved = self._unretrieved
-        if unretrieved is not None:
-            unretrieved.exc = None  # before it is dropped, so that it does not log
-            self._unretrieved = None
+        """Somebody takes the failure to raise it (see _restore_unretrieved)."""
+        if self._state != FAILED:
+            return
+        with _takers_lock:
+            _takers[self] = _takers.get(self, 0) + 1
+            unretrieved = self._unretrieved
+            if unretrieved is not None:
+                unretrieved.exc = None  # before it is dropped, so that it does not log
+                self._unretrieved = None
 
     def _restore_unretrieved(self) -> None:
-        """A waiter that took the failure gave up before raising it: report it again."""
-        if self._state == FAILED and self._unretrieved is None:
-            self._unretrieved = _Unretrieved(self._value, describe(self._func))
+        """A taker of the failure gave up before raising it: unless another taker
+        still has it (or raised it), report it again."""
+        if self._state != FAILED:
+            return
+        with _takers_lock:
+            left = _takers.get(self, 1) - 1
+            _takers[self] = left
+            if left <= 0 and self._unretrieved is None:
+                self._unretrieved = _Unretrieved(self._value, describe(self._func))
 
     def _cancelled_error(self) -> CancelledError:
         return CancelledError(f"fork({describe(self._func)}) was cancelled")
@@ -267,9 +287,13 @@ class Future(Generic[T]):
     def _wait_after_the_turn(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
         """The task did not finish in its first step: wait for it through a waiter."""
         _refuse_awaiting_itself(self, loop)
+        abandon_if_its_loop_closed(self)  # a task of another, closed loop never finishes
         waiter: asyncio.Future[T] = loop.create_future()
         if not self._add_waiter(waiter):
             return self._outcome()
+        return (yield from self._await_waiter(waiter))
+
+    def _await_waiter(self, waiter: asyncio.Future[T]) -> Generator[Any, None, T]:
         try:
             return (yield from waiter)
         except asyncio.CancelledError:
@@ -294,12 +318,12 @@ class Future(Generic[T]):
             stopped = observer.waiting(self)
             if stopped is not None:
                 waiter.add_done_callback(lambda _: stopped())
-        # The waiter receives the outcome itself (see _settle), so awaiting it is all
-        # there is to do: no generator of ours stays on the stack, and if the
-        # awaiting task is cancelled, only the waiter is, never the call.
+        # The waiter receives the outcome itself (see _settle); if the awaiting task is
+        # cancelled, only the waiter is, never the call, and a failure it was handed
+        # is reported again (see _abandon).
         if not self._add_waiter(waiter):
             self._settle(waiter)  # finished meanwhile
-        return waiter.__await__()
+        return self._await_waiter(waiter)
 
     # -- cancellation ------------------------------------------------------------------
 
@@ -327,7 +351,7 @@ class Future(Generic[T]):
         handle = self._handle
         if isinstance(handle, asyncio.Task):
             loop = handle.get_loop()
-        elif isinstance(handle, Slot) and handle.loop is not None:
+        elif isinstance(handle, (Slot, OnItsWay)) and handle.loop is not None:
             # Its loop took the coroutine and is making the task right now: cancel the
             # task once it exists, which a callback queued after that one will see.
             host = handle.loop
@@ -406,13 +430,16 @@ class Future(Generic[T]):
             self._prune(waiters)
         return True
 
-    def _remove_waiter(self, waiter: object) -> None:
+    def _remove_waiter(self, waiter: object) -> bool:
+        """Unregister ``waiter``; ``False`` if a drainer took it first (it is being woken)."""
         waiters = self._waiters
         if waiters is not None:
             try:
                 waiters.remove(waiter)  # only our own waiters: compared by identity
             except ValueError:
-                pass  # a drainer took it
+                return False  # a drainer took it
+            return True
+        return False
 
     def _prune(self, waiters: list[Any]) -> None:
         """Drop the waiters of awaiting tasks that were cancelled (say, by a timeout);
@@ -505,9 +532,23 @@ class Future(Generic[T]):
             waiter.set_result(self._value)
         elif state == FAILED:
             self._mark_retrieved()  # the awaiter raises it
-            waiter.set_exception(self._value.with_traceback(self._traceback))
+            exc = self._value.with_traceback(self._traceback)
+            if isinstance(exc, StopIteration):
+                # No coroutine can raise it (PEP 479), and asyncio refuses it: the
+                # RuntimeError that awaiting a finished future with it gives, sooner.
+                exc = _stop_iteration_error(self, exc)
+            waiter.set_exception(exc)
         else:
             waiter.set_exception(self._cancelled_error())
+
+
+def _stop_iteration_error(fut: Future[Any], exc: StopIteration) -> RuntimeError:
+    error = RuntimeError(
+        f"fork({describe(fut._func)}) raised StopIteration, which cannot be raised into "
+        f"a coroutine; it is this error's __cause__ (wait(fut) in sync code raises it)"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _should_prune(count: int) -> bool:

@@ -22,6 +22,10 @@ class Observer:
 
     __slots__ = ()
 
+    #: Whether forks made here belong to this observer (a scope), and so not to the
+    #: scopes around it: a failure inside an inner scope is the inner scope's to raise.
+    claims_forks = False
+
     def forked(self, func: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
         """``fork(func, ...)`` was called; return what to run instead.
 
@@ -32,6 +36,10 @@ class Observer:
 
     def created(self, fut: Future[Any]) -> None:
         """``fork`` made ``fut`` (after ``forked``), before returning it."""
+
+    def created_inside(self, fut: Future[Any]) -> None:
+        """``created``, for a fork that an observer installed inside this one claims."""
+        self.created(fut)
 
     def waiting(self, fut: Future[Any]) -> Callable[[], object] | None:
         """Someone starts waiting on ``fut``; the returned function runs when they stop."""
@@ -58,18 +66,26 @@ class Observer:
 class Chain(Observer):
     """Two observers as one: ``outer`` (installed first) sees everything ``inner`` does."""
 
-    __slots__ = ("inner", "outer")
+    __slots__ = ("claims_forks", "inner", "outer")
 
     def __init__(self, outer: Observer, inner: Observer) -> None:
         self.outer = outer
         self.inner = inner
+        self.claims_forks = outer.claims_forks or inner.claims_forks
 
     def forked(self, func: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
         return self.inner.forked(self.outer.forked(func, is_async), is_async)
 
     def created(self, fut: Future[Any]) -> None:
-        self.outer.created(fut)
+        if self.inner.claims_forks:
+            self.outer.created_inside(fut)
+        else:
+            self.outer.created(fut)
         self.inner.created(fut)
+
+    def created_inside(self, fut: Future[Any]) -> None:
+        self.outer.created_inside(fut)
+        self.inner.created_inside(fut)
 
     def waiting(self, fut: Future[Any]) -> Callable[[], object] | None:
         stops = [stop for stop in (self.outer.waiting(fut), self.inner.waiting(fut)) if stop]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from ._callables import describe
 from ._runtime import runtime
-from ._state import DONE, RUNNING
+from ._state import DONE, QUEUED, RUNNING
 
 if TYPE_CHECKING:
     from trio.lowlevel import TrioToken
@@ -176,6 +176,9 @@ def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
     """A task whose event loop was closed before it finished never will: fail its
     future with an error that says so, rather than leave its waiters blocked for good."""
     handle: Any = fut._handle
+    if isinstance(handle, (Slot, OnItsWay)):
+        _abandon_if_never_started(fut, handle)
+        return
     if not isinstance(handle, asyncio.Task) or not handle.get_loop().is_closed():
         return
     with _settling_orphans:  # two waiters may find it at once; one settles it
@@ -183,9 +186,10 @@ def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
             return
         fut._set_exception(
             RuntimeError(
-                f"fork({describe(fut._func)}) can never finish: the event loop running it "
-                f"was closed first (asyncio.run() and anyio.run() end their tasks before "
-                f"closing; a loop closed by hand leaves them hanging)"
+                f"fork({describe(fut._func)}) can never finish: the event loop running its "
+                f"task was closed before the task ended (asyncio.run() and anyio.run() end "
+                f"the tasks they find when the main coroutine returns, but not one forked "
+                f"into the loop after that, and a loop closed by hand ends none)"
             )
         )
         # The waiters hear of it from this error: asyncio need not also log the task
@@ -195,6 +199,23 @@ def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
         # Only now: dropping the task may destroy it at once, and drive() then sees
         # the future settled already.
         fut._handle = None
+
+
+def _abandon_if_never_started(fut: Future[Any], handle: Slot | OnItsWay) -> None:
+    """A coroutine handed to an event loop that closed before it made the task."""
+    loop = handle.loop
+    if not isinstance(loop, asyncio.AbstractEventLoop) or not loop.is_closed():
+        return
+    why = f"its event loop {loop!r} was closed before it started the task"
+    if isinstance(handle, Slot):
+        if fut._state == QUEUED:
+            queued = take(fut)
+            if queued is not None:  # else it started, or was cancelled, meanwhile
+                fail_to_start(fut, queued, False, why)
+        return
+    with _settling_orphans:  # nobody else settles a call's awaitable on its way
+        if fut._state < DONE and fut._handle is handle:
+            fail_to_start(fut, handle.awaitable, False, why)
 
 
 def start_in_trio(
@@ -227,6 +248,8 @@ def spawn(
         return
     if queued:
         fut._handle.loop = loop  # where cancel() finds the task if it loses the race
+    else:  # the same, for the call that made the awaitable and owns fut
+        fut._handle = OnItsWay(awaitable, loop)
     try:
         loop.call_soon_threadsafe(_start, fut, awaitable, context, queued)
     except RuntimeError:  # that loop is closed
@@ -285,6 +308,20 @@ class Remote:
     def cancel(self) -> bool:
         """Cancel it where it runs: ``True`` if it will not produce a value."""
         raise NotImplementedError
+
+
+class OnItsWay:
+    """A RUNNING future's awaitable (which its sync call returned) on its way to the
+    loop that makes its task: where ``cancel()`` finds the task (see spawn).
+
+    Not a list: nobody can ``take()`` it, as its call already ran.
+    """
+
+    __slots__ = ("awaitable", "loop")
+
+    def __init__(self, awaitable: Awaitable[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.awaitable = awaitable
+        self.loop = loop
 
 
 class Slot(list[Any]):

@@ -46,6 +46,7 @@ class Scope(Observer):
         "_lock",
         "_task_group",
         "_token",
+        "_watch",
     )
 
     def __init__(self, task_group: TaskGroup | None = None) -> None:
@@ -57,6 +58,9 @@ class Scope(Observer):
         self._token: contextvars.Token[Observer | None] | None = None
         self._body: Any = None  # the async body's anyio CancelScope
         self._host: Any = None
+        # While leaving: the done callback that a fork made meanwhile (by a fork still
+        # running) gets, so that its failure ends the wait too (see _settling).
+        self._watch: Callable[[Future[Any]], None] | None = None
 
     def __repr__(self) -> str:
         done = sum(fut.done() for fut in self._futures)
@@ -111,6 +115,15 @@ class Scope(Observer):
         unless_cancelled.__name__ = getattr(func, "__name__", unless_cancelled.__qualname__)
         return unless_cancelled
 
+    claims_forks = True
+
+    def created_inside(self, fut: Future[Any]) -> None:
+        # A fork of an inner scope: that scope waits for it and raises its failure; this
+        # one only keeps it from starting once cancelled (see forked), as anyio's outer
+        # cancel scopes do.
+        if self._cancelled:
+            fut.cancel()
+
     def created(self, fut: Future[Any]) -> None:
         with self._lock:
             futures = self._futures
@@ -124,6 +137,9 @@ class Scope(Observer):
             fut.cancel()
         elif self._task_group is not None:
             self._supervise(fut)
+        watch = self._watch
+        if watch is not None:
+            fut.add_done_callback(watch)
 
     # -- attached to an anyio TaskGroup -------------------------------------------------
 
@@ -191,9 +207,17 @@ class Scope(Observer):
             return False  # the task group waits for the forks, and raises their failures
         if exc is not None:
             self.cancel()
+        from ._future import CancelledError
+        from ._threads import block_until_done
+
         try:
             while (settling := self._settling()) is not None:
                 settling.wait()
+        except CancelledError:  # a scope around this one was cancelled: so is this one,
+            self.cancel()  # and, as with anyio's task groups, its forks end before it does
+            while (settling := self._settling()) is not None:
+                block_until_done(settling, None, "wait")  # not interrupted again
+            raise
         except BaseException:  # Ctrl-C while waiting: stop the forks, then go
             self.cancel()
             raise
@@ -263,14 +287,21 @@ class Scope(Observer):
     def _settling(self) -> Future[None] | None:
         """A future done once every pending fork is done, or one fails unretrieved;
         ``None`` if none is pending. A failure nobody retrieved cancels the others first."""
+        settled = _settled_future()
+        # Watch the forks made from now on (by forks still running) before listing the
+        # pending ones, so that none falls in between: a failure of either kind ends
+        # the wait, and the next round lists the new forks.
+        self._watch = lambda fut: _finish_if_failed(settled, fut)
         # Pending first: a fork that fails after this list is made is in it, and its
         # failure then finishes the future returned (no wake-up lost in between).
         pending = [fut for fut in list(self._futures) if not fut.done()]
         if not self._cancelled and self._failures(mark=False):
             self.cancel()
         if not pending:
+            self._watch = None
             return None
-        return _until_done_or_failed(pending)
+        _finish_when_done_or_failed(settled, pending)
+        return settled
 
     def _failures(self, *, mark: bool) -> list[BaseException]:
         """The exceptions of forks that failed and that nobody retrieved."""
@@ -373,24 +404,41 @@ def _call_in(host: Any, fn: Callable[[], object]) -> None:
         call_soon(host, fn)
 
 
-def _until_done_or_failed(futures: list[Future[Any]]) -> Future[None]:
-    """A future done once all of ``futures`` are, or one fails and nobody retrieved it."""
+def _settled_future() -> Future[None]:
+    """What a scope's exit waits on: see ``_finish_when_done_or_failed``."""
     from ._future import new_future
 
-    settled = new_future(QUEUED, _until_done_or_failed)
-    settled._handle = Slot(futures)  # cancel() takes it; so does the callback that finishes it
+    settled = new_future(QUEUED, _finish_when_done_or_failed)
+    # cancel() takes its one item; so does the callback that finishes it (take() tells
+    # "taken" by the item it pops, so any but None)
+    settled._handle = Slot(_finish)
+    return settled
+
+
+def _finish(settled: Future[None]) -> None:
+    if take(settled) is not None:
+        settled._state = RUNNING
+        settled._set_result(None)
+
+
+def _finish_if_failed(settled: Future[None], fut: Future[Any]) -> None:
+    if fut._state == FAILED and fut._unretrieved is not None:
+        _finish(settled)
+
+
+def _finish_when_done_or_failed(settled: Future[None], futures: list[Future[Any]]) -> None:
+    """Finish ``settled`` once all of ``futures`` are done, or one fails and nobody
+    retrieved it."""
     total = len(futures)
     finished = itertools.count(1)  # next() on it is atomic: one callback sees `total`
 
     def one_done(fut: Future[Any]) -> None:
         failed = fut._state == FAILED and fut._unretrieved is not None
-        if (failed or next(finished) == total) and take(settled) is not None:
-            settled._state = RUNNING
-            settled._set_result(None)
+        if failed or next(finished) == total:
+            _finish(settled)
 
     for fut in futures:
         fut.add_done_callback(one_done)
-    return settled
 
 
 def scope(*, task_group: TaskGroup | None = None) -> Scope:

@@ -419,8 +419,10 @@ def block(fut: Future[Any], timeout: float | None) -> None:
                 members = []
             run_queued(members)
             for member in members:
+                if fut._state >= DONE:  # cancelled meanwhile: no need to wait for the rest
+                    break
                 if member._state < DONE:
-                    _wait_for_member(member)
+                    _wait_for_member(member, fut)
     refuse_hopeless_wait(fut)
     waiter = allocate_lock()
     waiter.acquire()
@@ -430,22 +432,26 @@ def block(fut: Future[Any], timeout: float | None) -> None:
     if worker is not None:
         worker.block_released()  # rule 2
     try:
-        if timeout is None:
-            waiter.acquire()
-        elif not waiter.acquire(True, max(timeout, 0.0)):
-            fut._remove_waiter(waiter)
-            if fut._state >= DONE:  # it finished as the wait timed out: not a timeout
-                return
-            raise TimeoutError(f"{fut!r} did not finish within {timeout} seconds; it keeps running")
+        woken = waiter.acquire() if timeout is None else waiter.acquire(True, max(timeout, 0.0))
+    except BaseException:  # interrupted (Ctrl-C): this thread will not raise a failure
+        if not fut._remove_waiter(waiter):  # a drainer took it: it marks a failure taken
+            _await_release(waiter)
+            fut._restore_unretrieved()
+        raise
     finally:
         if worker is not None:
             worker.unblocked()
+    if not woken:
+        fut._remove_waiter(waiter)
+        if fut._state >= DONE:  # it finished as the wait timed out: not a timeout
+            return
+        raise TimeoutError(f"{fut!r} did not finish within {timeout} seconds; it keeps running")
 
 
 class _WakeOnce:
     """A blocked thread's wake-up that both its future and its scope may pull: once."""
 
-    __slots__ = ("lock", "pulls", "retrieving")
+    __slots__ = ("lock", "pulls", "retrieving", "took_failure")
 
     def __init__(self, retrieving: bool = True) -> None:
         self.lock = allocate_lock()
@@ -454,6 +460,7 @@ class _WakeOnce:
         #: The woken thread raises the future's failure (a wait does; a wait for the
         #: members of collect_all does not).
         self.retrieving = retrieving
+        self.took_failure = False
 
     def __call__(self, fut: Future[Any] | None = None) -> None:
         try:
@@ -462,7 +469,29 @@ class _WakeOnce:
             return
         if fut is not None and self.retrieving and fut._state == FAILED:
             fut._mark_retrieved()
+            self.took_failure = True
         self.lock.release()
+
+    def give_back(self, fut: Future[Any]) -> None:
+        """The thread stopped waiting before it was woken (Ctrl-C): unregister, and if
+        the failure was handed to it meanwhile, report it as unretrieved again."""
+        if fut._remove_waiter(self):
+            return
+        try:
+            self.pulls.pop()  # ahead of whoever took it from the list: nothing handed
+            return
+        except IndexError:
+            pass
+        _await_release(self.lock)
+        if self.took_failure:
+            fut._restore_unretrieved()
+
+
+def _await_release(lock: Any) -> None:
+    """Wait for a waker that took a blocked thread's lock to finish: it marks a failure
+    taken, then releases. Bounded: an interrupt that came as ``acquire()`` returned
+    leaves the release taken already, and nothing more comes."""
+    lock.acquire(True, 0.05)
 
 
 def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Observer) -> None:
@@ -490,6 +519,9 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
         worker.block_released()  # rule 2
     try:
         woken = wake.lock.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+    except BaseException:  # interrupted (Ctrl-C): this thread will not raise a failure
+        wake.give_back(fut)
+        raise
     finally:
         if worker is not None:
             worker.unblocked()
@@ -529,9 +561,10 @@ def _scope_cancelled(fut: Future[Any]) -> BaseException:
     return CancelledError(f"the wait for {fut!r} was cancelled: its scope was cancelled")
 
 
-def _wait_for_member(member: Future[Any]) -> None:
+def _wait_for_member(member: Future[Any], collected: Future[Any]) -> None:
     """Wait for a member of ``collect_all`` without retrieving its outcome: run it here if
-    it is still queued (rule 1), else block on a wake-up that leaves a failure alone."""
+    it is still queued (rule 1), else block on a wake-up that leaves a failure alone, and
+    that the collected future also pulls if it is cancelled first."""
     handle: Any = member._handle
     if (
         member._state == QUEUED
@@ -540,6 +573,7 @@ def _wait_for_member(member: Future[Any]) -> None:
         and member._state >= DONE
     ):
         return
+    abandon_if_its_loop_closed(member)
     wake = _WakeOnce(retrieving=False)
     if not member._add_waiter(wake):
         return
@@ -547,8 +581,11 @@ def _wait_for_member(member: Future[Any]) -> None:
     if worker is not None:
         worker.block_released()  # rule 2
     try:
-        wake.lock.acquire()
+        if collected._add_waiter(wake):
+            wake.lock.acquire()
     finally:
+        member._remove_waiter(wake)
+        collected._remove_waiter(wake)
         if worker is not None:
             worker.unblocked()
 
