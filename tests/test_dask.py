@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,9 +126,9 @@ def test_cancel_releases_a_queued_task_on_the_cluster(client: Client, tmp_path: 
     try:
         key = queued._handle.task.key
         assert queued.cancel()
+        assert queued.cancelled(), "expected it cancelled at once, as the docs say"
         with pytest.raises(forkwait.CancelledError):
-            wait(queued, timeout=30)
-        assert queued.cancelled()
+            wait(queued, timeout=0)
         # The scheduler forgets the task once the client's release reaches it, and the
         # worker that holds it in its queue once the scheduler's message reaches that.
         assert client.run_on_scheduler(_forgets, key=key), "the scheduler still has it"
@@ -208,3 +210,18 @@ def test_an_async_client_is_refused_clearly(client: Client) -> None:
                 forkwait.offload(async_client).__enter__()
 
     anyio.run(main)
+
+
+def test_an_apps_clients_are_let_go_once_closed(client: Client) -> None:
+    """forkwait keeps no client that the app closed and dropped."""
+    refs = []
+    for i in range(2):
+        with (
+            Client(client.scheduler.address, set_as_default=False) as other,  # type: ignore[no-untyped-call]
+            forkwait.offload(other),
+        ):
+            assert wait(fork(pid_and_square, i), timeout=60)[1] == i * i
+        refs.append(weakref.ref(other))
+        del other
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]

@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import threading
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,24 +35,37 @@ DaskFuture = Any
 class DaskCall(Remote):
     """A task on the cluster."""
 
-    __slots__ = ("task",)
+    __slots__ = ("fut", "task", "unsettled")
 
-    def __init__(self, task: DaskFuture) -> None:
+    def __init__(self, fut: Future[Any], task: DaskFuture) -> None:
         super().__init__()
+        self.fut = fut
         self.task: DaskFuture | None = task
+        #: One item, which whoever settles the future pops (list.pop is atomic): its
+        #: outcome in _settle, or cancel().
+        self.unsettled = [True]
+
+    def claim(self) -> bool:
+        """Make the caller the one that settles the future."""
+        try:
+            return self.unsettled.pop()
+        except IndexError:
+            return False
 
     def cancel(self) -> bool:
         task = self.task
-        if task is None or task.done():
-            return False
-        task.cancel()  # the future is cancelled once the scheduler has it (_settle)
+        if task is None or task.done() or not self.claim():
+            return self.fut.cancelled()
+        task.cancel()  # a request to the scheduler: the task is released there soon
+        self.task = None
+        self.fut._set_cancelled()  # at once, as for a queued call in this process
         return True
 
 
 class Cluster(Target):
     """A Dask cluster, through one ``distributed.Client``."""
 
-    __slots__ = ("address", "client", "name", "owned")
+    __slots__ = ("__weakref__", "address", "client", "name", "owned")
 
     def __init__(self, client: Client, owned: bool) -> None:
         self.client = client
@@ -67,7 +81,7 @@ class Cluster(Target):
         fut = new_future(RUNNING, func)
         key = f"{describe(func)}-{uuid.uuid4().hex}"  # as Dask names tasks: shown on its dashboard
         task = self.client.submit(run_on_worker, packed, key=key, pure=False)
-        handle = DaskCall(task)
+        handle = DaskCall(fut, task)
         fut._handle = handle
         # Dask runs done callbacks on one thread, where fetching each result would wait
         # for the one before: fetch on the client's event loop instead, all at once.
@@ -88,6 +102,8 @@ async def _settle(client: Client, fut: Future[Any], handle: DaskCall, task: Dask
     try:
         packed = await client.gather(task, asynchronous=True)
     except BaseException as exc:
+        if not handle.claim():
+            return  # cancel() settled it
         if task.status == "cancelled" or isinstance(exc, asyncio.CancelledError):
             fut._set_cancelled()
         else:  # the task's own failure is inside the outcome: this is the cluster's
@@ -95,11 +111,14 @@ async def _settle(client: Client, fut: Future[Any], handle: DaskCall, task: Dask
         return
     finally:
         handle.task = None  # the cluster may let the result go once this is done
-    settle_with_outcome(fut, handle, packed, "the cluster")
+    if handle.claim():
+        settle_with_outcome(fut, handle, packed, "the cluster")
 
 
 _lock = threading.Lock()
-_clusters: dict[int, Cluster] = {}  # by id of the client
+# By id of the client; while something uses the target (an offload() block, the
+# configured default, a fork on its way), so an app's closed clients are let go.
+_clusters: weakref.WeakValueDictionary[int, Cluster] = weakref.WeakValueDictionary()
 _by_address: dict[str, Cluster] = {}
 
 

@@ -454,6 +454,7 @@ class _Run:
             call.fut._set_exception(
                 BrokenProcessPool(f"fork({describe(call.fut._func)}) was stopped with the pool")
             )
+            call.fut._mark_retrieved()  # the warning below counts it: one line, not one each
         for call in queued:
             call.fut._set_cancelled()
         if running or queued:
