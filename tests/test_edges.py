@@ -131,8 +131,21 @@ def test_a_failure_handed_to_a_task_cancelled_before_it_raised_it_is_reported(
 
         task = asyncio.ensure_future(awaits())
         await asyncio.sleep(0)  # its waiter is registered first...
-        fut.add_done_callback(lambda _: loop.call_soon_threadsafe(task.cancel))  # ...this next
-        release.set()
+        drained = threading.Event()
+
+        def cancel_the_task(_: Future[None]) -> None:  # ...this next
+            loop.call_soon_threadsafe(task.cancel)
+            drained.set()
+
+        fut.add_done_callback(cancel_the_task)
+
+        def hold_the_loop() -> None:
+            # Until both wake-ups are queued: the hand-over, then the cancellation, in
+            # this order, before the task can run again.
+            release.set()
+            assert drained.wait(10)
+
+        loop.call_soon(hold_the_loop)
         with pytest.raises(asyncio.CancelledError):
             await task
 

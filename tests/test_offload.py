@@ -59,6 +59,12 @@ def pid_and_square(x: int) -> tuple[int, int]:
     return os.getpid(), x * x
 
 
+def read_fifo(path: str) -> str:
+    """Block until somebody writes to the FIFO at ``path``: a gate across processes."""
+    with open(path) as fifo:
+        return fifo.read()
+
+
 def fail(message: str) -> None:
     raise KeyError(message)
 
@@ -209,6 +215,24 @@ def test_max_processes_sizes_the_pool(one_process: None, tmp_path: Path) -> None
     assert len(pids) == 1
 
 
+def test_raising_the_limit_starts_a_worker_for_a_call_that_waits(
+    one_process: None, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    with forkwait.offload("processes"):
+        blocker = fork(read_fifo, str(gate))  # holds the only worker until the gate opens
+        queued = fork(pid_and_square, 7)
+    opener = threading.Thread(target=gate.write_text, args=("go",), daemon=True)
+    try:
+        forkwait.configure(max_processes=2)  # no fork after this: the pool must act on it
+        assert wait(queued, timeout=30)[1] == 49
+    finally:
+        opener.start()  # blocks until the blocker reads: it is running by now
+    assert wait(blocker, timeout=30) == "go"
+    opener.join(30)
+
+
 # -- errors ----------------------------------------------------------------------------
 
 
@@ -343,6 +367,43 @@ def test_a_trace_shows_the_process_that_ran_the_call() -> None:
 
 
 # -- exit ------------------------------------------------------------------------------
+
+
+def test_forks_after_the_pool_stopped_at_exit_fail_instead_of_starting_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """A thread still forking as the interpreter exits gets BrokenProcessPool at once;
+    it used to start a fresh pool, and log its failures to start, hundreds of times."""
+    result = run_script(
+        """
+        import os, threading
+        import forkwait
+        from forkwait import fork, wait
+
+        def keeps_forking(up):
+            with forkwait.offload("processes"):
+                while True:
+                    try:
+                        wait(fork(os.getpid))
+                    except Exception as exc:
+                        if "stopped (exit)" in str(exc):
+                            print("refused after exit", flush=True)
+                            return
+                    up.set()
+
+        if __name__ == "__main__":
+            up = threading.Event()
+            fork(keeps_forking, up)
+            up.wait(30)
+            print("leaving", flush=True)
+        """,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "leaving" in result.stdout
+    assert "could not start" not in result.stderr
+    assert result.stderr.count("\n") < 10, result.stderr
 
 
 def test_exit_with_calls_still_running_is_prompt_and_says_so(tmp_path: Path) -> None:

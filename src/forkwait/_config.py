@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Literal, NamedTuple, cast
 
@@ -138,9 +139,14 @@ def configure(
         effective_loop = runtime.running_loop_name() or settings.loop
         if effective_loop is None:
             effective_loop = "uvloop" if uvloop_installed() else "asyncio"
-        return Configuration(
+        configuration = Configuration(
             settings.max_threads,
             cast(LoopName, effective_loop),
             settings.max_processes,
             "threads" if settings.offload is None else settings.offload.name,
         )
+    if max_processes is not None and "forkwait._processes" in sys.modules:
+        from ._processes import processes as process_pool
+
+        process_pool.limit_changed()  # outside the lock: it may start worker processes
+    return configuration

@@ -164,6 +164,20 @@ class _Run:
             raise
         self._start(starts)
 
+    def redispatch(self) -> None:
+        """The limit changed: let idle workers beyond it go, start workers for the calls
+        that wait (``configure(max_processes=...)``)."""
+        with self.lock:
+            if self.stopped:
+                return
+            sends, starts = self._dispatch()
+        try:
+            self._send_all(sends)
+        except BaseException:
+            self._give_back(starts)
+            raise
+        self._start(starts)
+
     def _dispatch(self) -> tuple[list[tuple[_Worker, ProcessCall]], int]:
         """Pair queued calls with idle workers, and count the workers to start for the
         rest (under the lock). The caller sends and starts, outside it."""
@@ -513,7 +527,7 @@ def _cannot_start(call: ProcessCall, exc: BaseException) -> BrokenProcessPool:
 class Processes(Target):
     """The process pool target; one per process (``processes``)."""
 
-    __slots__ = ("_forked_child", "_lock", "_run")
+    __slots__ = ("_exited", "_forked_child", "_lock", "_run")
     name = "processes"
 
     def __init__(self) -> None:
@@ -521,6 +535,9 @@ class Processes(Target):
         self._run: _Run | None = None
         # In a child made by os.fork, the parent's forkserver is not ours to use.
         self._forked_child = False
+        # Stopped at interpreter exit: a fork after that (from a thread still running)
+        # fails at once, rather than start a new pool as the interpreter goes.
+        self._exited = False
 
     def submit(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -532,8 +549,12 @@ class Processes(Target):
                 f'script\'s work under `if __name__ == "__main__":`'
             )
         packed = pack_call(func, args, kwargs, "a worker process")
-        run = self._run or self._new_run()
         fut = new_future(QUEUED, func)
+        if self._exited:
+            fut._state = RUNNING
+            fut._set_exception(BrokenProcessPool("the process pool was stopped (exit)"))
+            return fut
+        run = self._run or self._new_run()
         call = ProcessCall(run, fut, packed)
         fut._handle = call
         run.submit(call)
@@ -552,6 +573,16 @@ class Processes(Target):
         if run is not None:
             run.stop()
 
+    def stop_at_exit(self) -> None:
+        self._exited = True
+        self.stop()
+
+    def limit_changed(self) -> None:
+        """``configure(max_processes=...)`` changed the limit: apply it now."""
+        run = self._run
+        if run is not None:
+            run.redispatch()
+
     def forget_in_child(self) -> None:
         run, self._run = self._run, None
         self._lock = threading.Lock()
@@ -568,5 +599,5 @@ def _start_method(spawn_only: bool) -> ForkServerContext | SpawnContext:
 
 processes = Processes()
 
-atexit.register(processes.stop)
+atexit.register(processes.stop_at_exit)
 os.register_at_fork(after_in_child=processes.forget_in_child)
