@@ -191,3 +191,21 @@ async def test_a_sync_call_waiting_on_a_coroutine_of_its_own_loop_is_told_so() -
     with pytest.raises(RuntimeError, match="cannot wait for"):
         await blocked
     assert await pending == 5
+
+
+@pytest.mark.anyio
+async def test_a_coroutine_a_sync_call_returns_is_awaited_on_the_callers_loop() -> None:
+    """As in parallel mode: the loop the call works for awaits it, and that loop is free
+    to run what the coroutine waits for (a loop of its own here blocked it for good)."""
+
+    async def one() -> int:
+        await anyio.sleep(0.01)
+        return 1
+
+    async def plus_one(fut: forkwait.Future[int]) -> int:
+        return await fut + 1
+
+    with anyio.fail_after(10), forkwait.sequential():
+        first = fork(one)
+        second = fork(lambda: plus_one(first))
+        assert await second == 2

@@ -75,6 +75,10 @@ class Sequential(Observer):
         try:
             value = context.run(_call_as_sync_code, func, args, kwargs)
             if inspect.isawaitable(value):  # a coroutine, or a sync call that returned one
+                if host is not None:
+                    # As in parallel mode, the loop the call works for awaits it: a loop
+                    # of our own here would block that one, which the awaitable may need.
+                    return self._queue_awaitable(host, func, value)
                 value = context.run(_run_to_end, value)
         except BaseException as exc:
             fut._set_exception(exc)
@@ -91,14 +95,17 @@ class Sequential(Observer):
     ) -> Future[Any]:
         """A task on ``host`` (this thread's loop, or the one a sync call running inline
         hid) that starts once the coroutine forked before it, by the same code, is done."""
-        key = (id(host), _forker.get())
-        fut = new_future(QUEUED, func)
         try:
             coro = func(*args, **kwargs)
         except Exception as exc:  # bad arguments: the waiter gets them, as in parallel mode
-            fut._state = RUNNING
+            fut = new_future(RUNNING, func)
             fut._set_exception(exc)
             return fut
+        return self._queue_awaitable(host, func, coro)
+
+    def _queue_awaitable(self, host: Any, func: Callable[..., Any], coro: Any) -> Future[Any]:
+        key = (id(host), _forker.get())
+        fut = new_future(QUEUED, func)
         body = _after(self._last.get(key), coro, next(_serials))
         fut._handle = Slot(body)
         spawn(host, fut, body, contextvars.copy_context(), queued=True)
