@@ -288,6 +288,37 @@ def test_a_call_that_leaves_grad_off_does_not_leave_it_to_its_inline_waiter(
     assert not torch.is_autocast_enabled("cpu")
 
 
+def turns_autocast_on() -> int:
+    torch.set_autocast_enabled("cpu", True)
+    return threading.get_ident()
+
+
+def test_autocast_a_call_under_no_grad_turned_on_does_not_reach_the_next_call(
+    max_threads: Any,
+) -> None:
+    """Forked under no_grad, the call runs under the forker's state (see InState), which
+    put back what it entered but not what the call itself turned on."""
+    max_threads(1)
+    with torch.no_grad():
+        first = in_worker(turns_autocast_on)
+    second = in_worker(lambda: (threading.get_ident(), torch.is_autocast_enabled("cpu")))
+    assert second == (first, False)
+
+
+def test_autocast_a_call_under_no_grad_turned_on_does_not_reach_its_inline_waiter(
+    max_threads: Any,
+) -> None:
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)
+    with torch.no_grad():
+        fut = fork(turns_autocast_on)
+        assert wait(fut) == threading.get_ident(), "expected the waiter to run the call inline"
+    release.set()
+    assert wait(blocker) is True
+    assert not torch.is_autocast_enabled("cpu")
+
+
 def test_then_callbacks_run_under_the_state_then_was_called_in() -> None:
     """As torch's Future.then: whichever thread finishes the future runs the callback."""
     release = threading.Event()

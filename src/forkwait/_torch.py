@@ -135,9 +135,13 @@ def clean_up(func: Callable[..., Any]) -> None:
     torch: Any = _modules["torch"]
     torch.set_grad_enabled(True)
     if torch._C._is_any_autocast_enabled():
-        for device in _autocast_device_types(torch):
-            if torch.is_autocast_enabled(device):
-                torch.set_autocast_enabled(device, False)
+        _autocast_off(torch)
+
+
+def _autocast_off(torch: Any) -> None:
+    for device in _autocast_device_types(torch):
+        if torch.is_autocast_enabled(device):
+            torch.set_autocast_enabled(device, False)
 
 
 class InState:
@@ -155,6 +159,19 @@ class InState:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         torch: Any = _modules["torch"]
         state = self.state
+        if not torch._C._is_any_autocast_enabled():
+            # The thread had autocast off: so it has after the call, even if the call
+            # turned it on and left it so (the stack below undoes only what it entered).
+            try:
+                return self._call_under(torch, state, args, kwargs)
+            finally:
+                if torch._C._is_any_autocast_enabled():
+                    _autocast_off(torch)
+        return self._call_under(torch, state, args, kwargs)
+
+    def _call_under(
+        self, torch: Any, state: TorchState, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         with contextlib.ExitStack() as stack:
             if torch.is_inference_mode_enabled() != state.inference:
                 stack.enter_context(torch.inference_mode(state.inference))
