@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ import forkwait
 from forkwait import Future, fork, wait
 from forkwait._payload import RemoteTraceback
 from forkwait._processes import processes
-from tests.conftest import run_script
+from tests.conftest import SRC, run_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -367,6 +368,43 @@ def test_a_trace_shows_the_process_that_ran_the_call() -> None:
 
 
 # -- exit ------------------------------------------------------------------------------
+
+
+def test_a_worker_killed_while_starting_is_not_blamed_on_the_main_module(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "killed_while_starting.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, sys
+            if __name__ == "__mp_main__":  # a worker importing this module: hold it here
+                signal.pause()
+            import forkwait
+            from forkwait import fork, wait
+            from forkwait._processes import processes
+
+            if __name__ == "__main__":
+                forkwait.configure(max_processes=1)
+                with forkwait.offload("processes"):
+                    fut = fork(abs, -1)
+                while not processes._run.workers:  # started by the fork above
+                    pass
+                os.kill(processes._run.workers[0].process.pid, signal.SIGKILL)
+                try:
+                    wait(fut, timeout=30)
+                except Exception as exc:
+                    print(type(exc).__name__, exc)
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert "BrokenProcessPool" in result.stdout, result.stdout + result.stderr
+    assert "killed by SIGKILL while starting" in result.stdout
+    assert "main module" not in result.stdout
 
 
 def test_forks_after_the_pool_stopped_at_exit_fail_instead_of_starting_a_new_one(

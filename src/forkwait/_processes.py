@@ -507,6 +507,12 @@ def _how_it_ended(code: int | None) -> str:
 
 
 def _failed_to_start(call: ProcessCall, how: str) -> BrokenProcessPool:
+    if how.startswith("was killed"):  # from outside (the OOM killer, say): no traceback
+        return BrokenProcessPool(
+            f"a worker process for fork({describe(call.fut._func)}) {how} while starting, "
+            f"before it ran any call; the calls queued with it fail too, as the next process "
+            f"might end the same way"
+        )
     return BrokenProcessPool(
         f"a worker process for fork({describe(call.fut._func)}) {how} while starting: it "
         f"imports the main module first, as multiprocessing does, so a script must keep "
