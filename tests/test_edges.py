@@ -291,3 +291,24 @@ def test_cancel_reaches_a_coroutine_on_its_way_to_the_loop() -> None:
     with pytest.raises(forkwait.CancelledError):
         wait(child, timeout=10)
     assert not ran
+
+
+def test_cancel_in_the_loops_own_thread_reaches_a_coroutine_on_its_way() -> None:
+    """A sync call returned a coroutine: its loop has been handed it, and the task is not
+    made yet when the loop's own thread cancels it."""
+    from forkwait._hosts import OnItsWay
+
+    ran: list[bool] = []
+
+    async def follow() -> None:
+        ran.append(True)
+
+    async def main() -> None:
+        fut = fork(lambda: follow())
+        _until(lambda: isinstance(fut._handle, OnItsWay))  # holds the loop meanwhile
+        assert fut.cancel()
+        with pytest.raises(forkwait.CancelledError):
+            await fut
+
+    asyncio.run(main())
+    assert not ran

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -461,3 +462,55 @@ async def test_cancelling_the_outer_scope_reaches_forks_of_an_inner_one() -> Non
         await anyio.to_thread.run_sync(started.wait, 10)
         outer.cancel()
     assert inner[0].cancelled()
+
+
+def test_a_sync_inner_scope_cancelled_from_outside_still_raises_its_forks_failures() -> None:
+    """As anyio's nested groups do: the outer failure, and the inner group with the
+    failure of the fork that the inner scope waited for after the cancellation."""
+    leaving = threading.Event()
+
+    def fails_later() -> None:
+        assert leaving.wait(10)
+        time.sleep(0.3)  # long after the outer failure has cancelled the scopes
+        raise ValueError("inner")
+
+    def runs_an_inner_scope() -> None:
+        with forkwait.scope():
+            fork(fails_later)
+            leaving.set()
+
+    def outer_fails() -> None:
+        assert leaving.wait(10)
+        raise KeyError("outer")
+
+    with (
+        pytest.RaisesGroup(
+            KeyError, pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="inner"))
+        ),
+        forkwait.scope(),
+    ):
+        fork(runs_an_inner_scope)
+        fork(outer_fails)
+
+
+def test_cancelling_an_outer_scope_reaches_an_inner_scopes_forks_at_once() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    inner: list[Future[Any]] = []
+
+    def busy_inner_body() -> None:
+        with forkwait.scope():
+            inner.append(fork(nap, None, 3600))
+            started.set()
+            release.wait(10)  # busy: the inner scope is not leaving yet
+
+    with forkwait.scope() as outer:
+        fork(busy_inner_body)
+        assert started.wait(10)
+        outer.cancel()
+        for _ in range(10_000_000):  # the cancellation reaches the loop soon: no event says so
+            if inner[0].done():
+                break
+        cancelled_before_release = inner[0].cancelled()
+        release.set()
+    assert cancelled_before_release

@@ -209,3 +209,22 @@ async def test_a_coroutine_a_sync_call_returns_is_awaited_on_the_callers_loop() 
         first = fork(one)
         second = fork(lambda: plus_one(first))
         assert await second == 2
+
+
+@pytest.mark.anyio
+async def test_the_coroutine_a_sync_call_returns_sees_the_calls_context_variables() -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def read() -> str:
+        return var.get()
+
+    def sets_then_returns() -> Any:
+        var.set("set by the call")
+        return read()
+
+    parallel = await fork(sets_then_returns)
+    with forkwait.sequential():
+        sequential = await fork(sets_then_returns)
+    assert parallel == sequential == "set by the call"

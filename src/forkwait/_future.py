@@ -353,13 +353,18 @@ class Future(Generic[T]):
             loop = handle.get_loop()
         elif isinstance(handle, (Slot, OnItsWay)) and handle.loop is not None:
             # Its loop took the coroutine and is making the task right now: cancel the
-            # task once it exists, which a callback queued after that one will see.
+            # task once it exists, which a callback queued after that one will see (in
+            # the loop's own thread too: the task is not there yet).
             host = handle.loop
             if not isinstance(host, asyncio.AbstractEventLoop):  # a trio run
                 from ._trio import call_soon
 
                 return call_soon(host, _cancel_task, self)
-            loop = host
+            try:
+                host.call_soon_threadsafe(_cancel_task, self)
+            except RuntimeError:  # its loop is closed; the task will never be made
+                return False
+            return True
         elif isinstance(handle, HostedTask):
             return handle.cancel_soon()
         elif isinstance(handle, Remote):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import threading
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ class Scope(Observer):
         "_cancelled",
         "_futures",
         "_host",
+        "_inside",
         "_interrupts",
         "_lock",
         "_task_group",
@@ -52,6 +54,8 @@ class Scope(Observer):
     def __init__(self, task_group: TaskGroup | None = None) -> None:
         self._task_group = task_group
         self._futures: list[Future[Any]] = []
+        # Forks of inner scopes, which cancel() reaches too (see created_inside).
+        self._inside: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
         self._lock = threading.Lock()  # appends and pruning of _futures
         self._interrupts: list[Callable[[], object]] = []
         self._cancelled = False
@@ -82,7 +86,9 @@ class Scope(Observer):
         if self._cancelled:
             return
         self._cancelled = True
-        for fut in list(self._futures):
+        with self._lock:
+            inside = list(self._inside)
+        for fut in [*self._futures, *inside]:
             fut.cancel()
         while self._interrupts:
             try:
@@ -119,10 +125,13 @@ class Scope(Observer):
 
     def created_inside(self, fut: Future[Any]) -> None:
         # A fork of an inner scope: that scope waits for it and raises its failure; this
-        # one only keeps it from starting once cancelled (see forked), as anyio's outer
-        # cancel scopes do.
-        if self._cancelled:
-            fut.cancel()
+        # one only cancels it with the rest, as anyio's outer cancel scopes do.
+        if not self._cancelled:
+            with self._lock:
+                self._inside.add(fut)
+            if not self._cancelled:  # checked again: cancel() may have listed them first
+                return
+        fut.cancel()
 
     def created(self, fut: Future[Any]) -> None:
         with self._lock:
@@ -217,6 +226,7 @@ class Scope(Observer):
             self.cancel()  # and, as with anyio's task groups, its forks end before it does
             while (settling := self._settling()) is not None:
                 block_until_done(settling, None, "wait")  # not interrupted again
+            self._raise(None)  # its forks' failures first, as anyio's groups report them
             raise
         except BaseException:  # Ctrl-C while waiting: stop the forks, then go
             self.cancel()

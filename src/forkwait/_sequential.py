@@ -78,7 +78,7 @@ class Sequential(Observer):
                 if host is not None:
                     # As in parallel mode, the loop the call works for awaits it: a loop
                     # of our own here would block that one, which the awaitable may need.
-                    return self._queue_awaitable(host, func, value)
+                    return self._queue_awaitable(host, func, value, context)
                 value = context.run(_run_to_end, value)
         except BaseException as exc:
             fut._set_exception(exc)
@@ -103,12 +103,20 @@ class Sequential(Observer):
             return fut
         return self._queue_awaitable(host, func, coro)
 
-    def _queue_awaitable(self, host: Any, func: Callable[..., Any], coro: Any) -> Future[Any]:
+    def _queue_awaitable(
+        self,
+        host: Any,
+        func: Callable[..., Any],
+        coro: Any,
+        context: contextvars.Context | None = None,
+    ) -> Future[Any]:
+        """Queue ``coro`` on ``host`` after the coroutine forked before it, in ``context``
+        (that of the sync call that made it), else in a copy of this one."""
         key = (id(host), _forker.get())
         fut = new_future(QUEUED, func)
         body = _after(self._last.get(key), coro, next(_serials))
         fut._handle = Slot(body)
-        spawn(host, fut, body, contextvars.copy_context(), queued=True)
+        spawn(host, fut, body, context or contextvars.copy_context(), queued=True)
         self._last[key] = fut
         return fut
 
