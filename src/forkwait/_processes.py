@@ -157,12 +157,7 @@ class _Run:
         if sends is None:
             call.fut._set_exception(BrokenProcessPool("the process pool was stopped (exit)"))
             return
-        try:
-            self._send_all(sends)
-        except BaseException:
-            self._give_back(starts)
-            raise
-        self._start(starts)
+        self._send_and_start(sends, starts)
 
     def redispatch(self) -> None:
         """The limit changed: let idle workers beyond it go, start workers for the calls
@@ -171,6 +166,10 @@ class _Run:
             if self.stopped:
                 return
             sends, starts = self._dispatch()
+        self._send_and_start(sends, starts)
+
+    def _send_and_start(self, sends: list[tuple[_Worker, ProcessCall]], starts: int) -> None:
+        """What ``_dispatch`` decided, outside the lock."""
         try:
             self._send_all(sends)
         except BaseException:
