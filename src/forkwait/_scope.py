@@ -1,7 +1,8 @@
 """``forkwait.scope()``: structured concurrency for forks, with anyio's rules.
 
 Every fork made inside a scope, directly or from nested forks in worker threads and
-tasks, belongs to it; leaving the scope waits for all of them. Until the body is
+tasks, belongs to it, unless an inner scope claims it (as anyio's nested task groups
+do); leaving the scope waits for all of them. Until the body is
 done, code may still retrieve a failure with ``wait`` or ``await``; a failure nobody
 retrieved by then cancels the siblings, and the scope raises an ``ExceptionGroup``.
 """
