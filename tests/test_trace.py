@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import forkwait
@@ -207,3 +208,27 @@ def test_a_sequential_run_inside_a_trace_records_every_call() -> None:
         ("abs", "value"),
     ]
     assert {w.call for w in tr.waits} == {1, 2}
+
+
+def test_a_coroutine_a_sync_call_returns_is_part_of_that_call() -> None:
+    """Its loop awaits it as the rest of the call (spec: a result is never a coroutine):
+    the call ends with it, and its forks have the call as their parent."""
+
+    def leaf() -> int:
+        return 1
+
+    async def body() -> int:
+        await anyio.lowlevel.checkpoint()
+        return await forkwait.fork(leaf)
+
+    def starts_a_coroutine() -> Any:
+        return body()
+
+    with forkwait.trace() as tr:
+        assert forkwait.wait(forkwait.fork(starts_a_coroutine)) == 1
+    outer, inner = tr.calls
+    assert inner.parent == outer.id
+    assert outer.ended_at is not None
+    assert inner.ended_at is not None
+    assert outer.ended_at >= inner.ended_at
+    assert (inner.id, outer.id) in [(w.call, w.waiter) for w in tr.waits]

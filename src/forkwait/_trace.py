@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +178,23 @@ class Trace(Observer):
             def traced_sync(*args: Any, **kwargs: Any) -> Any:
                 token = begin()
                 try:
-                    return func(*args, **kwargs)
+                    result = func(*args, **kwargs)
+                except BaseException:
+                    end(token)
+                    raise
+                if not inspect.isawaitable(result):
+                    end(token)
+                    return result
+                # It returned an awaitable, which its loop awaits as the rest of the call
+                # (see run_call): the call ends, and its forks have it as their parent,
+                # until that is done.
+                _current_call.reset(token)
+                return traced_rest(result)
+
+            async def traced_rest(awaitable: Awaitable[Any]) -> Any:
+                token = _current_call.set(call.id)
+                try:
+                    return await awaitable
                 finally:
                     end(token)
 
