@@ -225,3 +225,18 @@ def test_an_apps_clients_are_let_go_once_closed(client: Client) -> None:
         del other
     gc.collect()
     assert [ref() for ref in refs] == [None, None]
+
+
+def test_a_client_closed_under_a_pending_call_says_so(client: Client) -> None:
+    """Not a cancellation: nobody cancelled the call, its client went away."""
+    started = Queue("closing-started", client=client)
+    other = Client(client.scheduler.address, set_as_default=False)  # type: ignore[no-untyped-call]
+    try:
+        with forkwait.offload(other):
+            fut = fork(wait_for_event, "closing")
+        assert started.get(timeout=60)  # running on a worker
+    finally:
+        other.close()
+        Event("closing", client=client).set()  # free the worker for the other tests
+    with pytest.raises(RuntimeError, match="Dask client was closed while the task was pending"):
+        wait(fut, timeout=30)

@@ -104,7 +104,14 @@ async def _settle(client: Client, fut: Future[Any], handle: DaskCall, task: Dask
     except BaseException as exc:
         if not handle.claim():
             return  # cancel() settled it
-        if task.status == "cancelled" or isinstance(exc, asyncio.CancelledError):
+        if client.status in ("closing", "closed"):  # the app closed its client meanwhile
+            fut._set_exception(
+                RuntimeError(
+                    f"fork({describe(fut._func)}) cannot finish: its Dask client was "
+                    f"closed while the task was pending"
+                )
+            )
+        elif task.status == "cancelled" or isinstance(exc, asyncio.CancelledError):
             fut._set_cancelled()
         else:  # the task's own failure is inside the outcome: this is the cluster's
             fut._set_exception(exc)  # KilledWorker, say
