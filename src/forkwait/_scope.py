@@ -318,7 +318,7 @@ class Scope(Observer):
         """The exceptions of forks that failed and that nobody retrieved."""
         failed: list[BaseException] = []
         for fut in list(self._futures):
-            if fut._state == FAILED and fut._unretrieved is not None:
+            if _owes_failure(fut):
                 if mark:
                     fut._mark_retrieved()
                 failed.append(fut._value.with_traceback(fut._traceback))
@@ -433,7 +433,7 @@ def _finish(settled: Future[None]) -> None:
 
 
 def _finish_if_failed(settled: Future[None], fut: Future[Any]) -> None:
-    if fut._state == FAILED and fut._unretrieved is not None:
+    if _owes_failure(fut):
         _finish(settled)
 
 
@@ -444,8 +444,7 @@ def _finish_when_done_or_failed(settled: Future[None], futures: list[Future[Any]
     finished = itertools.count(1)  # next() on it is atomic: one callback sees `total`
 
     def one_done(fut: Future[Any]) -> None:
-        failed = fut._state == FAILED and fut._unretrieved is not None
-        if failed or next(finished) == total:
+        if _owes_failure(fut) or next(finished) == total:
             _finish(settled)
 
     for fut in futures:
