@@ -514,3 +514,49 @@ def test_cancelling_an_outer_scope_reaches_an_inner_scopes_forks_at_once() -> No
         cancelled_before_release = inner[0].cancelled()
         release.set()
     assert cancelled_before_release
+
+
+def test_a_sync_scope_leaves_a_failure_to_a_task_awaiting_it_on_another_loop() -> None:
+    """The failure is the awaiting task's the moment it happens: the scope must not
+    also judge it unretrieved (cancelling the sibling and raising it) while the
+    awaiter's loop, in another thread, has yet to run the hand-off."""
+    import asyncio
+
+    for _ in range(10):
+        registered = threading.Event()
+        release = threading.Event()
+        caught: list[BaseException] = []
+
+        def fails_once_awaited(registered: threading.Event = registered) -> None:
+            assert registered.wait(10)
+            raise ValueError("for the awaiter")
+
+        async def sibling(release: threading.Event = release) -> str:
+            await asyncio.to_thread(release.wait, 10)
+            return "finished"
+
+        def awaiter(
+            fut: Future[None],
+            registered: threading.Event = registered,
+            release: threading.Event = release,
+            caught: list[BaseException] = caught,
+        ) -> None:
+            async def main() -> None:
+                # Runs once this step, which registers the await below, is over.
+                asyncio.get_running_loop().call_soon(registered.set)
+                try:
+                    await fut
+                except ValueError as exc:
+                    caught.append(exc)
+                release.set()
+
+            asyncio.run(main())
+
+        with forkwait.scope():
+            failing = fork(fails_once_awaited)
+            other = fork(sibling)
+            thread = threading.Thread(target=awaiter, args=(failing,))
+            thread.start()
+        thread.join(10)
+        assert len(caught) == 1, "the awaiting task got the failure"
+        assert other.result() == "finished", "the sibling was not cancelled"

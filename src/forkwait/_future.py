@@ -491,6 +491,9 @@ class Future(Generic[T]):
         if waiters is None:
             return
         _lists.pop(self, None)
+        if self._state == FAILED:
+            self._drain_failed(waiters)
+            return
         while waiters:
             try:
                 waiter = waiters.pop(0)
@@ -505,6 +508,22 @@ class Future(Generic[T]):
                     continue
             self._wake_one(waiter)
 
+    def _drain_failed(self, waiters: list[Any]) -> None:
+        """``_drain`` for a failure: the blocked threads and awaiting tasks take it
+        before any done callback runs, as a scope's judges whether anybody did."""
+        taken: list[Any] = []
+        while waiters:
+            try:
+                taken.append(waiters.pop(0))
+            except IndexError:  # another drainer took the last one
+                break
+        for waiter in taken:
+            if _takes_failure(waiter):
+                self._wake_one(waiter)
+        for waiter in taken:
+            if not _takes_failure(waiter):
+                self._wake_one(waiter)
+
     def _wake_one(self, waiter: Any) -> None:
         """Wake a blocked thread, an awaiting task or a done callback, in that order of cost."""
         if type(waiter) is _LockType:
@@ -516,11 +535,17 @@ class Future(Generic[T]):
             loop = future.get_loop()
             if loop is _get_running_loop():
                 self._settle(future)
-            else:
-                try:
-                    loop.call_soon_threadsafe(self._settle, future)
-                except RuntimeError:
-                    pass  # that loop is closed: nobody is left to wake
+                return
+            # A failure is the awaiter's now, not once its loop runs the hand-off: a
+            # scope that judges it meanwhile must not also raise it (see _settle_across).
+            failed = self._state == FAILED
+            if failed:
+                self._mark_retrieved()
+            try:
+                loop.call_soon_threadsafe(self._settle_across, future)
+            except RuntimeError:  # that loop is closed: nobody is left to wake
+                if failed:
+                    self._restore_unretrieved()
         elif thread_state.serves_others:
             from ._threads import call_in_a_worker
 
@@ -528,7 +553,16 @@ class Future(Generic[T]):
         else:
             _run_callback(waiter, self)
 
-    def _settle(self, waiter: asyncio.Future[Any]) -> None:
+    def _settle_across(self, waiter: asyncio.Future[Any]) -> None:
+        """``_settle``, in the loop of a waiter woken from another thread, which took a
+        failure already (see _wake_one); given back if its task was cancelled meanwhile."""
+        if waiter.done():
+            if self._state == FAILED:
+                self._restore_unretrieved()
+            return
+        self._settle(waiter, taken=True)
+
+    def _settle(self, waiter: asyncio.Future[Any], *, taken: bool = False) -> None:
         """Hand the outcome to an awaiting task's waiter, in that waiter's loop."""
         if waiter.done():  # the awaiting task was cancelled meanwhile
             return
@@ -536,7 +570,8 @@ class Future(Generic[T]):
         if state == DONE:
             waiter.set_result(self._value)
         elif state == FAILED:
-            self._mark_retrieved()  # the awaiter raises it
+            if not taken:
+                self._mark_retrieved()  # the awaiter raises it
             exc = self._value.with_traceback(self._traceback)
             if isinstance(exc, StopIteration):
                 # No coroutine can raise it (PEP 479), and asyncio refuses it: the
@@ -554,6 +589,14 @@ def _stop_iteration_error(fut: Future[Any], exc: StopIteration) -> RuntimeError:
     )
     error.__cause__ = exc
     return error
+
+
+def _takes_failure(waiter: object) -> bool:
+    """Whether ``waiter`` raises the failure it is woken with: a blocked thread, an
+    awaiting task (asyncio's or trio's), rather than a done callback."""
+    return isinstance(waiter, (_LockType, _AsyncioFuture)) or getattr(
+        type(waiter), "takes_failure", False
+    )
 
 
 def _should_prune(count: int) -> bool:

@@ -168,6 +168,9 @@ class TrioWaiter:
 
     __slots__ = ("aborted", "fut", "marked", "task", "thread", "token", "waiting", "woken")
 
+    #: It raises the failure it is woken with: woken before done callbacks (see _drain).
+    takes_failure = True
+
     def __init__(self, fut: Future[Any], token: trio.lowlevel.TrioToken) -> None:
         self.fut = fut
         self.task = _current_task()
