@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import signal
 import subprocess
@@ -115,6 +116,13 @@ def returns_a_coroutine(x: int) -> Any:
     return later()
 
 
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+def read_request_id() -> str:
+    return request_id.get()
+
+
 def forks_inside(n: int) -> int:
     # In the worker process: its own default runtime and threads.
     futs = [fork(pid_and_square, i) for i in range(n)]
@@ -164,6 +172,17 @@ def test_a_sync_call_that_returns_a_coroutine_gets_it_awaited_in_the_worker() ->
 def test_forks_nested_in_an_offloaded_call_run_in_its_process() -> None:
     with forkwait.offload("processes"):
         assert wait(fork(forks_inside, 4)) == 0 + 1 + 4 + 9
+
+
+def test_the_forkers_context_stays_in_this_process_as_the_docs_say() -> None:
+    token = request_id.set("r-42")
+    try:
+        in_a_thread = wait(fork(read_request_id))
+        with forkwait.offload("processes"):
+            in_a_process = wait(fork(read_request_id))
+    finally:
+        request_id.reset(token)
+    assert (in_a_thread, in_a_process) == ("r-42", "unset")
 
 
 @pytest.mark.anyio
