@@ -524,6 +524,59 @@ def test_a_script_without_the_main_guard_gets_an_error_that_says_so(tmp_path: Pa
     assert all(line.endswith("while starting") for line in lines), result.stdout
 
 
+def test_fork_does_not_wait_for_a_worker_to_start_and_cancel_stops_a_call_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The worker processes import this script first, and it holds them there until
+    the gate file exists: meanwhile ``fork`` has returned, and the call, still queued
+    for a worker, is cancelled and never runs."""
+    script = tmp_path / "slow_to_start.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os
+            import time
+            from pathlib import Path
+
+            if __name__ != "__main__":  # a worker process starting: it imports this
+                while not Path(os.environ["GATE"]).exists():
+                    time.sleep(0.01)
+            else:
+                import forkwait
+                from forkwait import fork, wait
+
+                def leave_a_mark():
+                    Path(os.environ["RAN"]).write_text("ran")
+
+                with forkwait.offload("processes"):
+                    fut = fork(leave_a_mark)
+                print(fut.cancel(), fut.cancelled())
+                Path(os.environ["GATE"]).write_text("open")
+                with forkwait.offload("processes"):
+                    print(wait(fork(os.getpid), timeout=30) != os.getpid())
+                print(Path(os.environ["RAN"]).exists())
+            """
+        )
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=SRC,
+        GATE=str(tmp_path / "gate"),
+        RAN=str(tmp_path / "ran"),
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True", "False"], result.stdout
+
+
 # -- found in review: races and lifecycles ------------------------------------------------
 
 

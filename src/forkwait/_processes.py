@@ -10,7 +10,8 @@ call waits in the pool's own queue, in fork order, until a worker is free, so
 Workers start with ``forkserver`` (``spawn`` where there is none, and in a child made
 by ``os.fork``), never plain ``fork``: this process has threads, and a forked copy of
 a process with threads can deadlock. They start on demand, up to
-``configure(max_processes=...)``; one that dies fails the call it was running with
+``configure(max_processes=...)``, in a thread of their own (``fork`` returns at once),
+and take calls once they are ready; one that dies fails the call it was running with
 ``BrokenProcessPool`` and is replaced. A pool lives in a ``_Run``; ``stop()`` (at exit,
 or in a worker process that is done) ends the run at once: calls still running are
 stopped, queued ones cancelled, one warning counts them, and nothing holds up the exit.
@@ -175,7 +176,7 @@ class _Run:
         except BaseException:
             self._give_back(starts)
             raise
-        self._start(starts)
+        self._start_soon(starts)
 
     def _dispatch(self) -> tuple[list[tuple[_Worker, ProcessCall]], int]:
         """Pair queued calls with idle workers, and count the workers to start for the
@@ -192,8 +193,10 @@ class _Run:
             worker.call = call
             call.fut._state = RUNNING
             sends.append((worker, call))
+        # Workers still starting take the first calls queued once they say they are ready.
+        booting = sum(not worker.started and not worker.leaving for worker in self.workers)
         room = settings.max_processes - active - self.starting
-        starts = max(0, min(len(self.queue) - self.starting, room))
+        starts = max(0, min(len(self.queue) - self.starting - booting, room))
         self.starting += starts
         self.sending += len(sends)
         return sends, starts
@@ -230,10 +233,25 @@ class _Run:
             with self.lock:
                 self.starting -= count
 
+    def _start_soon(self, count: int) -> None:
+        """``_start``, in a thread of its own: starting a process takes milliseconds (the
+        forkserver's first start, a tenth of a second), which neither ``fork`` nor the
+        reader waits for."""
+        if not count:
+            return
+        starter = threading.Thread(
+            target=self._start, args=(count,), name="forkwait-process-starter", daemon=True
+        )
+        try:
+            starter.start()
+        except RuntimeError:  # no thread to be had (the interpreter is shutting down)
+            self._start(count)
+
     def _start(self, count: int) -> None:
-        """Start ``count`` workers that ``_dispatch`` counted in ``starting``, and hand
-        each the queued call it was started for. A worker that cannot start is logged;
-        the calls fail only if no worker is left to run them."""
+        """Start ``count`` workers that ``_dispatch`` counted in ``starting``. Each takes
+        queued calls once it says it is ready (see _look_at), so that until then
+        ``cancel()`` stops them. A worker that cannot start is logged; the calls fail
+        only if no worker is left to run them."""
         try:
             while count > 0:
                 count -= 1
@@ -253,25 +271,17 @@ class _Run:
                     for call in failed:
                         call.fut._set_exception(_cannot_start(call, exc))
                     continue
-                sends: list[tuple[_Worker, ProcessCall]] = []
-                more = 0
                 with self.lock:
                     self.starting -= 1
-                    if self.stopped:
-                        kill = True
-                    else:
-                        kill = False
+                    kill = self.stopped
+                    if not kill:
                         self.workers.append(worker)
-                        self.idle.append(worker)
-                        sends, more = self._dispatch()
                 if kill:
                     worker.process.kill()
                     worker.process.join(_STOP_GRACE_SECONDS)
                     worker.conn.close()
                     continue
-                count += more
                 self._poke()  # the reader waits on the new worker too
-                self._send_all(sends)
         finally:
             self._give_back(count)  # left over when something was raised
 
@@ -354,10 +364,22 @@ class _Run:
             if worker.started:
                 self._finished(worker, message)
             else:
-                worker.started = True
-                self.ever_started = True
+                self._ready(worker)
         elif worker.conn not in ready and not worker.conn.poll():
             self._ended(worker)  # its process ended with nothing left to read
+
+    def _ready(self, worker: _Worker) -> None:
+        """``worker`` started: it takes the first call queued."""
+        sends: list[tuple[_Worker, ProcessCall]] = []
+        starts = 0
+        with self.lock:
+            worker.started = True
+            self.ever_started = True
+            if not self.stopped:
+                self.idle.append(worker)
+                sends, starts = self._dispatch()
+        self._send_all(sends)
+        self._start_soon(starts)
 
     def _finished(self, worker: _Worker, outcome: bytes) -> None:
         with self.lock:
@@ -372,7 +394,7 @@ class _Run:
             # First: nothing below may keep it from its waiter.
             settle_with_outcome(call.fut, call, outcome, "its worker process")
         self._send_all(sends)
-        self._start(starts)
+        self._start_soon(starts)
 
     def _ended(self, worker: _Worker) -> None:
         """``worker``'s process ended: fail its call, and start another if calls wait
@@ -388,16 +410,12 @@ class _Run:
             failed: list[ProcessCall] = []
             sends: list[tuple[_Worker, ProcessCall]] = []
             starts = 0
-            never_starts = (
-                not worker.started
-                and not worker.leaving
-                and not self.ever_started
-                and not self.starting
-                and all(other.started for other in self.workers)  # none still starting
-            )
-            if never_starts:
-                failed = [c for c in list(self.queue) if c.claim()]
-                self.queue.clear()
+            if not worker.started and not worker.leaving and not self.ever_started:
+                # No worker has ever started: a broken main module, say. Start no more;
+                # once none is left starting, the calls fail instead of waiting.
+                if not self.starting and all(other.started for other in self.workers):
+                    failed = [c for c in list(self.queue) if c.claim()]
+                    self.queue.clear()
             elif not self.stopped:
                 sends, starts = self._dispatch()
         self._close(worker)
@@ -417,7 +435,7 @@ class _Run:
         for each in failed:
             each.fut._set_exception(_failed_to_start(each, how))
         self._send_all(sends)
-        self._start(starts)
+        self._start_soon(starts)
 
     def _close(self, worker: _Worker) -> None:
         with self.lock:
