@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import signal
@@ -714,6 +715,46 @@ def test_a_pool_used_inside_a_worker_process_does_not_hold_up_exit(tmp_path: Pat
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[0, 1, 4]\n"
+
+
+def forks_a_call_that_outlives_it(pid_file: str) -> None:
+    """In a worker process: a call of its own pool's that writes its pid and then runs
+    until the test ends (a minute), waited on here."""
+    with forkwait.offload("processes"):
+        wait(fork(write_pid_then_block, pid_file))
+
+
+def write_pid_then_block(pid_file: str) -> None:
+    Path(pid_file + ".tmp").write_text(str(os.getpid()))
+    os.replace(pid_file + ".tmp", pid_file)
+    wait_for_file(pid_file + ".never", 60)
+
+
+def test_a_pool_inside_a_worker_process_stops_with_it_at_exit(tmp_path: Path) -> None:
+    """At exit the busy worker is terminated; it stops its own pool first, so the call
+    running there does not outlive the program."""
+    pid_file = str(tmp_path / "grandchild.pid")
+    try:
+        result = run_script(
+            f"""
+            import forkwait
+            from forkwait import fork
+            from tests.test_offload import forks_a_call_that_outlives_it, wait_for_file
+
+            if __name__ == "__main__":
+                with forkwait.offload("processes"):
+                    fork(forks_a_call_that_outlives_it, {pid_file!r})
+                wait_for_file({pid_file!r}, 20)
+            """,
+            timeout=30,  # the call left running holds the script's output open
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    except subprocess.TimeoutExpired:
+        psutil.Process(int(Path(pid_file).read_text())).kill()
+        raise AssertionError("the nested pool's call outlived the program") from None
+    assert result.returncode == 0, result.stderr
+    with contextlib.suppress(psutil.NoSuchProcess):  # gone: as it should be
+        psutil.Process(int(Path(pid_file).read_text())).wait(5)  # reaped by now, or soon
 
 
 def test_a_child_of_os_fork_uses_a_pool_of_its_own(tmp_path: Path) -> None:

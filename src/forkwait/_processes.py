@@ -101,18 +101,34 @@ class _Worker:
         self.closed = False
 
 
+#: In a worker process: the parent stopped it (SIGTERM) while it was busy.
+_terminated = False
+
+
+def _leave_when_terminated(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    raise SystemExit(128 + signum)  # out of the call, or of waiting for the next one
+
+
 def _serve(conn: Connection) -> None:
     """A worker process: run each call that comes down the pipe, send back its outcome."""
     # Ctrl-C in a terminal reaches the whole process group: the parent decides what
     # stops, and stops the pool with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent stops a busy worker with SIGTERM: leave through the `finally` below,
+    # which stops a pool of this process's own, instead of leaving its calls running.
+    signal.signal(signal.SIGTERM, _leave_when_terminated)
     try:
         conn.send_bytes(b"")  # started: past importing what the parent's main module needs
         while True:
             packed = conn.recv_bytes()
             if packed == _LEAVE:
                 return
-            conn.send_bytes(run_packed(packed))
+            outcome = run_packed(packed)  # which catches the SystemExit, as the call's
+            if _terminated:
+                return  # the parent has stopped the pool: nobody reads the outcome
+            conn.send_bytes(outcome)
     except (EOFError, OSError):  # the parent is gone, or going
         return
     finally:
