@@ -54,13 +54,21 @@ def run_script(
     source: str, *, timeout: float = 30.0, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``source`` in a fresh interpreter that imports this checkout's forkwait."""
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return run_python("-X", "dev", "-c", textwrap.dedent(source), timeout=timeout, cwd=cwd)
+
+
+def run_python(
+    *args: str, timeout: float = 50.0, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in a fresh interpreter that imports this checkout's forkwait, with
+    ``env`` added to the environment; output captured."""
+    path = SRC + os.pathsep + os.environ.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-X", "dev", "-c", textwrap.dedent(source)],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
         cwd=cwd,
         check=False,
     )

@@ -8,7 +8,6 @@ import contextvars
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -26,7 +25,7 @@ import forkwait
 from forkwait import Future, fork, wait
 from forkwait._payload import RemoteTraceback
 from forkwait._processes import processes
-from tests.conftest import SRC, run_script
+from tests.conftest import run_python, run_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -418,10 +417,7 @@ def test_a_worker_killed_while_starting_is_not_blamed_on_the_main_module(
             """
         )
     )
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
-    )
+    result = run_python(str(script), timeout=60)
     assert "BrokenProcessPool" in result.stdout, result.stdout + result.stderr
     assert "killed by SIGKILL while starting" in result.stdout
     assert "main module" not in result.stdout
@@ -507,14 +503,7 @@ def test_a_script_without_the_main_guard_gets_an_error_that_says_so(tmp_path: Pa
         "    except Exception as exc:\n"
         "        print(type(exc).__name__, str(exc).split(':')[0])\n"
     )
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=tmp_path,
-        check=False,
-    )
+    result = run_python(str(script), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 3, result.stdout
@@ -559,21 +548,8 @@ def test_fork_does_not_wait_for_a_worker_to_start_and_cancel_stops_a_call_meanwh
             """
         )
     )
-    env = dict(
-        os.environ,
-        PYTHONPATH=SRC,
-        GATE=str(tmp_path / "gate"),
-        RAN=str(tmp_path / "ran"),
-    )
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=tmp_path,
-        env=env,
-        check=False,
-    )
+    env = {"GATE": str(tmp_path / "gate"), "RAN": str(tmp_path / "ran")}
+    result = run_python(str(script), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True", "True", "False"], result.stdout
 

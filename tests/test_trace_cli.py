@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SRC
+from tests.conftest import run_python
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,16 +26,7 @@ sys.exit(3)
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=SRC)
-    return subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=cwd,
-        env=env,
-        check=False,
-    )
+    return run_python(*args, cwd=cwd)
 
 
 @pytest.mark.parametrize("suffix", [".html", ".json"])
