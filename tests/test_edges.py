@@ -88,24 +88,6 @@ def test_a_coroutine_forked_into_a_loop_that_closes_before_starting_it_fails_its
         wait(inner[0], timeout=10)
 
 
-def test_awaiting_a_task_of_a_closed_loop_from_another_loop_says_so() -> None:
-    async def forever() -> None:
-        await asyncio.sleep(3600)
-
-    async def start() -> Future[None]:
-        return fork(forever)
-
-    loop = asyncio.new_event_loop()
-    fut = loop.run_until_complete(start())
-    loop.close()
-
-    async def from_another_loop() -> None:
-        with pytest.raises(RuntimeError, match="its task was closed before the task ended"):
-            await asyncio.wait_for(fut, 10)  # nobody waited on it before this
-
-    asyncio.run(from_another_loop())
-
-
 # -- failures reported exactly when nobody raised them -----------------------------------
 
 

@@ -441,7 +441,9 @@ def test_a_task_that_awaits_its_own_future_is_told_so() -> None:
     asyncio.run(main())
 
 
-def test_wait_on_a_future_whose_loop_was_closed_says_so() -> None:
+def _future_of_a_closed_loop() -> Future[None]:
+    """A fork whose task a loop, closed since, never finished."""
+
     async def forever() -> None:
         await asyncio.sleep(3600)
 
@@ -451,6 +453,21 @@ def test_wait_on_a_future_whose_loop_was_closed_says_so() -> None:
     loop = asyncio.new_event_loop()
     fut = loop.run_until_complete(start())
     loop.close()
+    return fut
+
+
+def test_awaiting_a_task_of_a_closed_loop_from_another_loop_says_so() -> None:
+    fut = _future_of_a_closed_loop()
+
+    async def from_another_loop() -> None:
+        with pytest.raises(RuntimeError, match="its task was closed before the task ended"):
+            await asyncio.wait_for(fut, 10)  # nobody waited on it before this
+
+    asyncio.run(from_another_loop())
+
+
+def test_wait_on_a_future_whose_loop_was_closed_says_so() -> None:
+    fut = _future_of_a_closed_loop()
     with pytest.raises(RuntimeError, match="the event loop running its task was closed"):
         wait(fut, timeout=10)
 
