@@ -12,7 +12,7 @@ from _thread import allocate_lock
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, NoReturn, TypeVar, cast, overload
 
 from . import _hosts
 from ._callables import describe
@@ -28,7 +28,7 @@ from ._hosts import (
     trio_token,
 )
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
-from ._threads import block_until_done
+from ._threads import block_until_done, seconds
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -51,6 +51,21 @@ _Task: Any = asyncio.Task
 # only, so kept apart from Future's slots.
 _takers: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
 _takers_lock = threading.Lock()
+# Failures on their way to tasks that await them in other threads' loops (or trio
+# runs): already theirs to raise, so nobody judges them unretrieved meanwhile (see
+# owes_failure); still reported if the hand-off never runs (its loop closed first).
+_handing: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
+
+
+def owes_failure(fut: Future[Any]) -> bool:
+    """Whether ``fut`` failed and nobody took its failure, nor is about to."""
+    return fut._state == FAILED and fut._unretrieved is not None and not _handing.get(fut)
+
+
+def handing_over(fut: Future[Any], count: int) -> None:
+    """A failure of ``fut`` set out (+1) to, or reached (-1), an awaiter in another thread."""
+    with _takers_lock:
+        _handing[fut] = _handing.get(fut, 0) + count
 
 
 class CancelledError(concurrent.futures.CancelledError):
@@ -142,6 +157,15 @@ class Future(Generic[T]):
         """Whether the call was cancelled before it produced a value."""
         return self._state == CANCELLED
 
+    def __reduce__(self) -> NoReturn:
+        # The default would copy the slots: a copy of a pending future that no call
+        # ever finishes, and in another process a waiter that blocks for good.
+        raise TypeError(
+            f"a forkwait.Future (of fork({describe(self._func)})) cannot be pickled or "
+            f"copied: it is a handle to a call in this process; pass its value instead "
+            f"(wait(fut) first)"
+        )
+
     def __repr__(self) -> str:
         state = self._state
         detail = ""
@@ -198,6 +222,8 @@ class Future(Generic[T]):
         For sync code; in async code use ``await fut``. ``TimeoutError`` after
         ``timeout`` seconds (the call keeps running).
         """
+        if timeout is not None:
+            timeout = seconds(timeout, "Future.result")
         if get_observer() is not None:
             return observed_wait(self, timeout, "result")
         state = self._state
@@ -210,6 +236,8 @@ class Future(Generic[T]):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Block until the call finishes; its exception, or ``None`` if it returned."""
+        if timeout is not None:
+            timeout = seconds(timeout, "Future.exception")
         if self._state < DONE:
             block_until_done(self, timeout, "exception", get_observer())
         state = self._state
@@ -261,7 +289,12 @@ class Future(Generic[T]):
                     "await on a forkwait.Future needs a running event loop (asyncio or "
                     "trio) in this thread; from sync code use forkwait.wait(fut)"
                 )
-            if type(self._handle) is not _Task or get_observer() is not None:
+            handle = self._handle
+            if (
+                type(handle) is not _Task
+                or handle.get_loop() is not loop  # a task of another thread's loop
+                or get_observer() is not None
+            ):
                 return (yield from self._wait_on(loop))
             # Its task is on this loop's ready queue: let it run first, as it often
             # finishes in that one step, and then the value is there after one turn of
@@ -537,15 +570,15 @@ class Future(Generic[T]):
                 self._settle(future)
                 return
             # A failure is the awaiter's now, not once its loop runs the hand-off: a
-            # scope that judges it meanwhile must not also raise it (see _settle_across).
+            # scope that judges it meanwhile must not also raise it (see owes_failure).
             failed = self._state == FAILED
             if failed:
-                self._mark_retrieved()
+                handing_over(self, 1)
             try:
-                loop.call_soon_threadsafe(self._settle_across, future)
+                loop.call_soon_threadsafe(self._settle_across, future, failed)
             except RuntimeError:  # that loop is closed: nobody is left to wake
                 if failed:
-                    self._restore_unretrieved()
+                    handing_over(self, -1)
         elif thread_state.serves_others:
             from ._threads import call_in_a_worker
 
@@ -553,16 +586,13 @@ class Future(Generic[T]):
         else:
             _run_callback(waiter, self)
 
-    def _settle_across(self, waiter: asyncio.Future[Any]) -> None:
-        """``_settle``, in the loop of a waiter woken from another thread, which took a
-        failure already (see _wake_one); given back if its task was cancelled meanwhile."""
-        if waiter.done():
-            if self._state == FAILED:
-                self._restore_unretrieved()
-            return
-        self._settle(waiter, taken=True)
+    def _settle_across(self, waiter: asyncio.Future[Any], failed: bool) -> None:
+        """``_settle``, in the loop of a waiter woken from another thread (see _wake_one)."""
+        if failed:
+            handing_over(self, -1)
+        self._settle(waiter)
 
-    def _settle(self, waiter: asyncio.Future[Any], *, taken: bool = False) -> None:
+    def _settle(self, waiter: asyncio.Future[Any]) -> None:
         """Hand the outcome to an awaiting task's waiter, in that waiter's loop."""
         if waiter.done():  # the awaiting task was cancelled meanwhile
             return
@@ -570,8 +600,7 @@ class Future(Generic[T]):
         if state == DONE:
             waiter.set_result(self._value)
         elif state == FAILED:
-            if not taken:
-                self._mark_retrieved()  # the awaiter raises it
+            self._mark_retrieved()  # the awaiter raises it
             exc = self._value.with_traceback(self._traceback)
             if isinstance(exc, StopIteration):
                 # No coroutine can raise it (PEP 479), and asyncio refuses it: the

@@ -18,9 +18,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._callables import describe
+from ._future import owes_failure
 from ._hooks import Observer, current_observer, install
 from ._hosts import Slot, current_host, take
-from ._state import FAILED, QUEUED, RUNNING
+from ._state import QUEUED, RUNNING
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -142,7 +143,7 @@ class Scope(Observer):
             if count >= 64 and count & (count - 1) == 0:
                 # At 64, 128, 256...: forget forks that are done and owe nothing (no
                 # failure left to raise), so a long-lived scope holds no finished values.
-                self._futures = [f for f in futures if not f.done() or _owes_failure(f)]
+                self._futures = [f for f in futures if not f.done() or owes_failure(f)]
         if self._cancelled:
             fut.cancel()
         elif self._task_group is not None:
@@ -178,10 +179,10 @@ class Scope(Observer):
             with anyio.CancelScope(shield=True):
                 await collect_all([fut])  # a running sync call finishes first
             raise
-        if _owes_failure(fut):
+        if owes_failure(fut):
             # Let a task that is awaiting this fork, and steps next, retrieve it first.
             await anyio.lowlevel.checkpoint()
-            if _owes_failure(fut):
+            if owes_failure(fut):
                 fut._mark_retrieved()
                 raise fut._value.with_traceback(fut._traceback)
 
@@ -318,7 +319,7 @@ class Scope(Observer):
         """The exceptions of forks that failed and that nobody retrieved."""
         failed: list[BaseException] = []
         for fut in list(self._futures):
-            if _owes_failure(fut):
+            if owes_failure(fut):
                 if mark:
                     fut._mark_retrieved()
                 failed.append(fut._value.with_traceback(fut._traceback))
@@ -348,10 +349,6 @@ def _is_cancellation(exc: BaseException | None) -> bool:
         return isinstance(exc, anyio.get_cancelled_exc_class())
     except Exception:  # no async library runs here: sync code
         return False
-
-
-def _owes_failure(fut: Future[Any]) -> bool:
-    return fut._state == FAILED and fut._unretrieved is not None
 
 
 def _cancel_called(tg: TaskGroup) -> bool:
@@ -433,7 +430,7 @@ def _finish(settled: Future[None]) -> None:
 
 
 def _finish_if_failed(settled: Future[None], fut: Future[Any]) -> None:
-    if _owes_failure(fut):
+    if owes_failure(fut):
         _finish(settled)
 
 
@@ -444,7 +441,7 @@ def _finish_when_done_or_failed(settled: Future[None], futures: list[Future[Any]
     finished = itertools.count(1)  # next() on it is atomic: one callback sees `total`
 
     def one_done(fut: Future[Any]) -> None:
-        if _owes_failure(fut) or next(finished) == total:
+        if owes_failure(fut) or next(finished) == total:
             _finish(settled)
 
     for fut in futures:

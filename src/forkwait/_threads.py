@@ -18,12 +18,13 @@ import atexit
 import contextvars
 import inspect
 import logging
+import numbers
 import os
 import sys
 import threading
 import time
 import weakref
-from _thread import allocate_lock
+from _thread import TIMEOUT_MAX, allocate_lock
 from asyncio import events as _events
 from collections import deque
 from collections.abc import Callable
@@ -352,6 +353,19 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def seconds(timeout: object, api: str) -> float | None:
+    """``timeout`` as ``api`` got it, checked: seconds, or ``None`` for no limit (also
+    for one longer than a lock can wait, such as ``math.inf``)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(
+            f"{api}(timeout=...) takes a number of seconds, or None for no limit; got {timeout!r}"
+        )
+    value = float(timeout)
+    if value != value:
+        raise ValueError(f"{api}(timeout=...) got NaN; pass seconds, or None for no limit")
+    return None if value > TIMEOUT_MAX else value
+
+
 def block_until_done(
     fut: Future[Any], timeout: float | None, api: str, observer: Observer | None = None
 ) -> None:
@@ -452,6 +466,9 @@ class _WakeOnce:
     """A blocked thread's wake-up that both its future and its scope may pull: once."""
 
     __slots__ = ("lock", "pulls", "retrieving", "took_failure")
+
+    #: It takes the failure it is woken with: woken before done callbacks (see _drain).
+    takes_failure = True
 
     def __init__(self, retrieving: bool = True) -> None:
         self.lock = allocate_lock()

@@ -21,6 +21,7 @@ import sniffio
 import trio
 
 from ._callables import describe
+from ._future import handing_over
 from ._hooks import get_observer
 from ._hosts import HostedTask, Slot, close_awaitable, fail_to_start, take
 from ._state import DONE, FAILED, RUNNING
@@ -184,8 +185,19 @@ class TrioWaiter:
     def __call__(self, fut: Future[Any]) -> None:
         if _get_ident() == self.thread:
             self._wake()
-        else:
-            call_soon(self.token, self._wake)  # if the run ended, nobody is left to wake
+            return
+        # A failure is this task's now, not once its run gets to _wake: a scope that
+        # judges it meanwhile must not also raise it (see owes_failure).
+        failed = fut._state == FAILED
+        if failed:
+            handing_over(fut, 1)
+        if not call_soon(self.token, self._wake_across, failed) and failed:
+            handing_over(fut, -1)  # the run ended: nobody is left to wake
+
+    def _wake_across(self, failed: bool) -> None:
+        if failed:
+            handing_over(self.fut, -1)
+        self._wake()
 
     def _wake(self) -> None:
         # In the run's thread, as are abort() and abandon(): the flags need no lock.

@@ -14,7 +14,7 @@ from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
 from ._hosts import Members, take, trio_token
 from ._state import DONE, QUEUED, RUNNING
-from ._threads import block, run_inline, run_queued
+from ._threads import block, run_inline, run_queued, seconds
 
 T = TypeVar("T")
 
@@ -74,6 +74,8 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
     """
     if not isinstance(future, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise _not_a_future(future, "wait")
+    if timeout is not None:
+        timeout = seconds(timeout, "wait")
     if _get_running_loop() is None and not ("trio" in _modules and trio_token() is not None):
         if get_observer() is not None:
             return observed_wait(future, timeout, "wait")
@@ -95,11 +97,18 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
     return _Waiting(source, "forkwait.wait(fut)")  # type: ignore[return-value]
 
 
-async def _with_timeout(future: Future[T], seconds: float) -> T:
+async def _with_timeout(future: Future[T], limit: float) -> T:
     import anyio  # on the timeout path only; anyio's fail_after works on any backend
 
-    with anyio.fail_after(seconds):
-        return await future
+    try:
+        with anyio.fail_after(limit):
+            return await future
+    except TimeoutError:
+        if future.done():
+            raise  # the call's own
+        raise TimeoutError(
+            f"{future!r} did not finish within {limit} seconds; it keeps running"
+        ) from None
 
 
 def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list[T]:
@@ -110,27 +119,70 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
 
         sizes = wait_all([fork(len, s) for s in words])
     """
-    futs = list(futures)
-    for fut in futs:
-        if not isinstance(fut, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise _not_a_future(fut, "wait_all")
+    futs = _futures_of(futures)
+    if timeout is not None:
+        timeout = seconds(timeout, "wait_all")
     if _get_running_loop() is None and trio_token() is None:
         if timeout is None:
             if get_observer() is None:  # a scope's or trace's waits go through result()
                 run_queued(futs)
             return [fut.result() for fut in futs]
         deadline = time.monotonic() + timeout
-        return [fut.result(max(deadline - time.monotonic(), 0.0)) for fut in futs]
+        values: list[T] = []
+        for fut in futs:
+            try:
+                values.append(fut.result(max(deadline - time.monotonic(), 0.0)))
+            except TimeoutError:
+                if fut.done():
+                    raise  # the call's own
+                raise _gave_up(fut, timeout) from None
+        return values
 
     async def gather() -> list[T]:
         if timeout is None:
             return [await fut for fut in futs]
         import anyio
 
-        with anyio.fail_after(timeout):
-            return [await fut for fut in futs]
+        waiting_on = futs[0] if futs else None
+        try:
+            with anyio.fail_after(timeout):
+                values: list[T] = []
+                for waiting_on in futs:
+                    values.append(await waiting_on)
+                return values
+        except TimeoutError:
+            if waiting_on is None or waiting_on.done():
+                raise  # the call's own
+            raise _gave_up(waiting_on, timeout) from None
 
     return _Waiting(gather(), "forkwait.wait_all(futures)")  # type: ignore[return-value]
+
+
+def _futures_of(futures: Iterable[Future[T]]) -> list[Future[T]]:
+    """``futures`` as a list, or a ``TypeError`` for anything but an iterable of futures."""
+    if isinstance(futures, Future):
+        raise TypeError(
+            "wait_all() takes an iterable of futures, got one future; write "
+            "wait_all([fut]), or wait(fut)"
+        )
+    try:
+        futs = list(futures)
+    except TypeError:
+        raise TypeError(
+            f"wait_all() takes an iterable of forkwait futures, got "
+            f"{type(futures).__qualname__} object {futures!r}"
+        ) from None
+    for fut in futs:
+        if not isinstance(fut, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise _not_a_future(fut, "wait_all")
+    return futs
+
+
+def _gave_up(fut: Future[Any], timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"wait_all() gave up after {timeout} seconds: {fut!r} had not finished "
+        f"(the calls keep running)"
+    )
 
 
 def collect_all(futures: Iterable[Future[T]]) -> Future[list[Future[T]]]:
