@@ -733,6 +733,35 @@ def test_a_pool_inside_a_worker_process_stops_with_it_at_exit(tmp_path: Path) ->
         psutil.Process(int(Path(pid_file).read_text())).wait(5)  # reaped by now, or soon
 
 
+def test_os_fork_while_the_first_worker_starts_leaves_the_child_a_working_pool() -> None:
+    """Workers start in a thread of their own; an os.fork() while it holds the import
+    and multiprocessing locks of a first start must not leave them held in the child."""
+    for delay in (0.0, 0.001, 0.002, 0.004, 0.008):  # where in the start the fork lands
+        result = run_script(
+            f"""
+            import os
+            import time
+
+            import forkwait
+            from forkwait import fork, wait
+            from tests.test_offload import pid_and_square
+
+            with forkwait.offload("processes"):
+                fork(pid_and_square, 1)
+            time.sleep({delay})
+            pid = os.fork()
+            if pid == 0:
+                with forkwait.offload("processes"):
+                    print(wait(fork(pid_and_square, 2), timeout=20)[1], flush=True)
+                os._exit(0)
+            print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+            """,
+            timeout=45,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert result.stdout.split() == ["4", "0"], (delay, result.stdout, result.stderr)
+
+
 def test_a_child_of_os_fork_uses_a_pool_of_its_own(tmp_path: Path) -> None:
     result = run_script(
         """

@@ -302,6 +302,10 @@ class _Run:
             self._give_back(count)  # left over when something was raised
 
     def _spawn(self) -> _Worker:
+        with _starting:  # see _hold_starts
+            return self._spawn_now()
+
+    def _spawn_now(self) -> _Worker:
         parent_end, child_end = self.context.Pipe()
         process = self.context.Process(
             target=_serve, args=(child_end,), name="forkwait-process", daemon=False
@@ -639,4 +643,27 @@ def _start_method(spawn_only: bool) -> ForkServerContext | SpawnContext:
 processes = Processes()
 
 atexit.register(processes.stop_at_exit)
-os.register_at_fork(after_in_child=processes.forget_in_child)
+# A starter thread starting a process holds multiprocessing's locks, and on first use
+# the import locks of the modules it loads. An os.fork() meanwhile would copy them
+# held into the child, whose own pool would then wait on them for good: so a fork
+# waits for the start to end (a few milliseconds; at most the grace period).
+_starting = threading.Lock()
+_held_for_fork = [False]
+
+
+def _hold_starts() -> None:
+    _held_for_fork[0] = _starting.acquire(True, _STOP_GRACE_SECONDS * 5)
+
+
+def _release_starts() -> None:
+    if _held_for_fork[0]:
+        _held_for_fork[0] = False
+        _starting.release()
+
+
+def _in_child() -> None:
+    _release_starts()
+    processes.forget_in_child()
+
+
+os.register_at_fork(before=_hold_starts, after_in_parent=_release_starts, after_in_child=_in_child)
