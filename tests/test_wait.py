@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
+import math
+import pickle
 import threading
 from typing import Any
 
@@ -257,5 +260,86 @@ def test_result_from_a_loop_thread_refuses_to_block_the_loop() -> None:
 
     with pytest.raises(RuntimeError, match="await fut"):
         asyncio.run(misuse())
+    gate.set()
+    assert wait(fut) == 1
+
+
+# -- timeouts as users write them; found in review ---------------------------------------
+
+
+def test_an_infinite_timeout_waits_without_a_limit_in_sync_code_too() -> None:
+    """As in async code; a lock cannot wait that long, so inf and 1e10 mean no limit."""
+    assert wait(fork(abs, -1), timeout=math.inf) == 1
+    assert fork(abs, -2).result(1e10) == 2
+    assert wait_all([fork(abs, -3)], timeout=math.inf) == [3]
+
+
+@pytest.mark.parametrize("timeout", ["1", math.nan, True, [1]])
+def test_a_bad_timeout_names_the_timeout(timeout: Any) -> None:
+    fut = fork(abs, -1)
+    error = ValueError if timeout is math.nan else TypeError
+    for call in (
+        lambda: wait(fut, timeout=timeout),
+        lambda: wait_all([fut], timeout=timeout),
+        lambda: fut.result(timeout),
+        lambda: fut.exception(timeout),
+    ):
+        with pytest.raises(error, match=r"\(timeout=\.\.\.\)"):
+            call()
+
+
+@pytest.mark.anyio
+async def test_an_async_timeout_says_which_future_it_gave_up_on() -> None:
+    gate = anyio.Event()
+    fut = fork(gate.wait)
+    with pytest.raises(TimeoutError, match=r"fork\(.*wait\)> did not finish within 0.05"):
+        await wait(fut, timeout=0.05)  # type: ignore[misc]
+    with pytest.raises(TimeoutError, match=r"wait_all\(\) gave up after 0.05 seconds"):
+        await wait_all([fut], timeout=0.05)  # type: ignore[misc]
+    gate.set()
+    await fut
+
+
+def test_wait_all_names_the_timeout_it_was_given() -> None:
+    gate = threading.Event()
+    with pytest.raises(TimeoutError, match=r"gave up after -1.0 seconds: .*gated"):
+        wait_all([fork(gated, gate, 1)], timeout=-1)
+    gate.set()
+
+
+def raise_timeout_error() -> None:
+    raise TimeoutError("the call's own")
+
+
+@pytest.mark.anyio
+async def test_a_calls_own_timeout_error_is_not_mistaken_for_the_waits() -> None:
+    fut = fork(raise_timeout_error)
+    with pytest.raises(TimeoutError, match="the call's own"):
+        await wait(fut, timeout=10)  # type: ignore[misc]
+    with pytest.raises(TimeoutError, match="the call's own"):
+        await wait_all([fut], timeout=10)  # type: ignore[misc]
+    with pytest.raises(TimeoutError, match="the call's own"):
+        await anyio.to_thread.run_sync(lambda: wait_all([fut], timeout=10))
+
+
+@pytest.mark.parametrize("value", [None, 3])
+def test_wait_all_of_something_not_iterable_says_what_it_takes(value: Any) -> None:
+    with pytest.raises(TypeError, match=r"wait_all\(\) takes an iterable of forkwait futures"):
+        wait_all(value)
+
+
+def test_wait_all_of_one_future_says_to_pass_a_list() -> None:
+    fut = fork(abs, 1)
+    with pytest.raises(TypeError, match=r"got one future; write wait_all\(\[fut\]\)"):
+        wait_all(fut)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("copy_it", [pickle.dumps, copy.copy, copy.deepcopy])
+def test_a_future_cannot_be_pickled_or_copied(copy_it: Any) -> None:
+    """A copy would be a future that nothing finishes."""
+    gate = threading.Event()
+    fut = fork(gated, gate, 1)
+    with pytest.raises(TypeError, match=r"cannot be pickled or copied.*pass its value"):
+        copy_it(fut)
     gate.set()
     assert wait(fut) == 1
