@@ -141,6 +141,38 @@ def test_a_failure_handed_to_a_task_cancelled_before_it_raised_it_is_reported(
     assert "handed over, never raised" in caplog.text
 
 
+def test_a_failure_on_its_way_to_a_loop_closed_before_taking_it_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A task awaits the failing call from a loop that stops, and is closed, before it
+    runs the hand-off queued for it: nobody raised the failure, so it is reported."""
+    box: list[Any] = []
+    go = threading.Event()
+
+    def boom() -> None:
+        assert go.wait(10)
+        raise ValueError("handed to a loop that closed")
+
+    box.append(fork(boom))
+    loop = asyncio.new_event_loop()
+
+    async def awaits() -> None:
+        await box[0]
+
+    task = loop.create_task(awaits())
+    loop.run_until_complete(asyncio.sleep(0.01))  # the task now awaits; the loop stops
+    handed = threading.Event()
+    box[0].add_done_callback(lambda _: handed.set())  # after the task's hand-off is queued
+    go.set()
+    assert handed.wait(10)
+    with caplog.at_level(logging.WARNING, logger="forkwait"):
+        loop.close()  # with the hand-off still queued
+        del task, loop
+        _collect(box)
+    assert "never retrieved" in caplog.text
+    assert "handed to a loop that closed" in caplog.text
+
+
 def test_a_failure_one_awaiter_raised_is_not_reported_when_another_gives_it_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -516,47 +516,120 @@ def test_cancelling_an_outer_scope_reaches_an_inner_scopes_forks_at_once() -> No
     assert cancelled_before_release
 
 
-def test_a_sync_scope_leaves_a_failure_to_a_task_awaiting_it_on_another_loop() -> None:
+def _fails_once_registered(registered: threading.Event) -> None:
+    assert registered.wait(10)
+    raise ValueError("for the awaiter")
+
+
+async def _fails_once_registered_async(registered: threading.Event) -> None:
+    await anyio.to_thread.run_sync(registered.wait, 10)
+    raise ValueError("for the awaiter")
+
+
+async def _sibling_until(release: threading.Event) -> str:
+    await anyio.to_thread.run_sync(release.wait, 10)
+    return "finished"
+
+
+def _await_in_another_thread(
+    library: str, fut: Future[None], registered: threading.Event, release: threading.Event
+) -> list[BaseException]:
+    """A task of a loop (or trio run) in a thread of its own awaits ``fut``: it sets
+    ``registered`` once its await is registered, and ``release`` once it has the
+    failure, which it puts in the list returned."""
+    import asyncio
+
+    import trio
+
+    caught: list[BaseException] = []
+
+    def hold_the_loop() -> None:
+        time.sleep(0.2)  # the failure comes, and the scope judges it, in this turn
+
+    async def main() -> None:
+        # Run once this step, which registers the await below, is over.
+        if library == "trio":
+            trio.lowlevel.current_trio_token().run_sync_soon(registered.set)
+            trio.lowlevel.current_trio_token().run_sync_soon(hold_the_loop)
+        else:
+            asyncio.get_running_loop().call_soon(registered.set)
+            asyncio.get_running_loop().call_soon(hold_the_loop)
+        try:
+            await fut
+        except ValueError as exc:
+            caught.append(exc)
+        release.set()
+
+    def run() -> None:
+        trio.run(main) if library == "trio" else asyncio.run(main())
+
+    threading.Thread(target=run, daemon=True).start()
+    return caught
+
+
+@pytest.mark.parametrize(
+    ("library", "failing"),
+    [
+        ("asyncio", _fails_once_registered),
+        ("asyncio", _fails_once_registered_async),  # a task on the default runtime
+        ("trio", _fails_once_registered),
+    ],
+)
+def test_a_sync_scope_leaves_a_failure_to_a_task_awaiting_it_on_another_loop(
+    library: str, failing: Any
+) -> None:
     """The failure is the awaiting task's the moment it happens: the scope must not
     also judge it unretrieved (cancelling the sibling and raising it) while the
     awaiter's loop, in another thread, has yet to run the hand-off."""
-    import asyncio
-
-    for _ in range(10):
+    for _ in range(3):
         registered = threading.Event()
         release = threading.Event()
-        caught: list[BaseException] = []
+        with forkwait.scope():
+            fut = fork(failing, registered)
+            other = fork(_sibling_until, release)
+            caught = _await_in_another_thread(library, fut, registered, release)
+        assert release.wait(10)
+        assert len(caught) == 1, "the awaiting task got the failure"
+        assert other.result() == "finished", "the sibling was not cancelled"
 
-        def fails_once_awaited(registered: threading.Event = registered) -> None:
-            assert registered.wait(10)
-            raise ValueError("for the awaiter")
 
-        async def sibling(release: threading.Event = release) -> str:
-            await asyncio.to_thread(release.wait, 10)
-            return "finished"
+def test_a_sync_scope_leaves_a_failure_to_a_fork_blocked_waiting_for_it() -> None:
+    """Even when the scope's own wait was registered first: waiters that take the
+    failure are woken before done callbacks."""
 
-        def awaiter(
-            fut: Future[None],
-            registered: threading.Event = registered,
-            release: threading.Event = release,
-            caught: list[BaseException] = caught,
-        ) -> None:
-            async def main() -> None:
-                # Runs once this step, which registers the await below, is over.
-                asyncio.get_running_loop().call_soon(registered.set)
-                try:
-                    await fut
-                except ValueError as exc:
-                    caught.append(exc)
+    def waiters(fut: Future[Any]) -> int:
+        return len(fut._waiters or ())
+
+    def until_waiters(fut: list[Future[Any]], count: int) -> None:
+        # No event tells when a waiter is registered: look at the future itself.
+        deadline = time.monotonic() + 10
+        while not fut or waiters(fut[0]) < count:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+
+    for _ in range(2):
+        box: list[Future[Any]] = []
+        release = threading.Event()
+
+        def fails(box: list[Future[Any]] = box) -> None:
+            until_waiters(box, 3)  # the scope's, then the two of the fork below
+            raise ValueError("for the fork that waits")
+
+        def waits_for_it(box: list[Future[Any]] = box, release: threading.Event = release) -> str:
+            until_waiters(box, 1)  # the scope's
+            # A slow done callback after the scope's: the scope judges while it runs.
+            box[0].add_done_callback(lambda _: time.sleep(0.2))
+            try:
+                wait(box[0])
+            except ValueError:
+                return "caught"
+            finally:
                 release.set()
-
-            asyncio.run(main())
+            return "not raised"
 
         with forkwait.scope():
-            failing = fork(fails_once_awaited)
-            other = fork(sibling)
-            thread = threading.Thread(target=awaiter, args=(failing,))
-            thread.start()
-        thread.join(10)
-        assert len(caught) == 1, "the awaiting task got the failure"
+            box.append(fork(fails))
+            waiter = fork(waits_for_it)
+            other = fork(_sibling_until, release)
+        assert waiter.result() == "caught"
         assert other.result() == "finished", "the sibling was not cancelled"
