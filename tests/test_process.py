@@ -67,6 +67,59 @@ def test_exit_does_not_wait_on_each_busy_worker_in_turn() -> None:
     assert result.stdout == "leaving\n"
 
 
+def test_an_exit_hook_registered_before_forkwait_was_imported_can_still_fork() -> None:
+    """Exit hooks run last-registered first: this one runs after forkwait's own, which
+    let its worker threads go; a fork here gets a worker again."""
+    result = run_script(
+        """
+        import atexit
+
+        def flush():
+            from forkwait import fork, wait
+
+            def one():
+                return "flushed"
+
+            async def all_of_them():
+                return await fork(one)
+
+            print(wait(fork(all_of_them), timeout=20), wait(fork(one), timeout=20))
+
+        atexit.register(flush)
+
+        from forkwait import fork, wait
+
+        async def main():
+            return 1
+
+        print(wait(fork(main)))
+        """,
+        timeout=40,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1\nflushed flushed\n"
+
+
+def test_an_exit_hook_can_start_the_default_runtime_first() -> None:
+    """uvloop cannot be loaded once exit has begun: the runtime starts on asyncio then."""
+    result = run_script(
+        """
+        import atexit
+        from forkwait import fork, wait
+
+        async def flush():
+            return await fork(lambda: "flushed")
+
+        atexit.register(lambda: print(wait(fork(flush), timeout=20)))
+        print(wait(fork(lambda: 1)))
+        """,
+        timeout=40,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1\nflushed\n"
+    assert "Traceback" not in result.stderr
+
+
 def test_the_child_of_os_fork_can_fork_and_wait() -> None:
     """After os.fork the parent's loop thread is gone; the child starts its own runtime."""
     result = run_script(

@@ -24,8 +24,13 @@ _EXIT_GRACE_SECONDS = 1.0
 
 def _new_loop(name: str) -> asyncio.AbstractEventLoop:
     if name == "uvloop":
-        import uvloop  # imported here: `import forkwait` must not import uvloop
-
+        try:
+            import uvloop  # imported here: `import forkwait` must not import uvloop
+        except (ImportError, RuntimeError) as exc:
+            # First imported during interpreter exit (an atexit hook forking a
+            # coroutine), uvloop fails to load: asyncio's loop does the job as well.
+            logger.debug("forkwait: uvloop could not be loaded (%r); using asyncio", exc)
+            return asyncio.new_event_loop()
         return uvloop.new_event_loop()
     return asyncio.new_event_loop()
 
@@ -58,14 +63,16 @@ class DefaultRuntime:
         return self._loop
 
     def running_loop_name(self) -> str | None:
-        """``"uvloop"`` or ``"asyncio"`` while the runtime runs, else ``None``."""
-        return self._loop_name if self._loop is not None else None
+        """``"uvloop"`` or ``"asyncio"`` while the runtime runs or starts, else ``None``."""
+        return self._loop_name
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is not None:
                 return self._loop
-            name = settings.loop or ("uvloop" if uvloop_installed() else "asyncio")
+            with settings.lock:  # configure(loop=...) sees the choice from now on
+                name = settings.loop or ("uvloop" if uvloop_installed() else "asyncio")
+                self._loop_name = name
             started: list[asyncio.AbstractEventLoop] = []
             ready = threading.Event()
             thread = threading.Thread(
@@ -77,10 +84,12 @@ class DefaultRuntime:
             thread.start()
             ready.wait()
             if not started:
+                self._loop_name = None
                 raise RuntimeError(f"forkwait could not start its default {name} event loop")
             self._thread = thread
-            self._loop_name = name
             self._loop = started[0]
+            if name == "uvloop" and not type(self._loop).__module__.startswith("uvloop"):
+                self._loop_name = "asyncio"  # uvloop could not be loaded (see _new_loop)
             if not self._atexit:
                 atexit.register(self.stop)
                 self._atexit = True
@@ -110,6 +119,7 @@ class DefaultRuntime:
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
+            self._loop_name = None
         if loop is None or thread is None:
             return
         try:
@@ -123,6 +133,7 @@ class DefaultRuntime:
         if self._loop is not None:
             self._abandoned.append(self._loop)
         self._loop = self._thread = None
+        self._loop_name = None
 
 
 def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:

@@ -313,6 +313,9 @@ def _close_at_exit() -> None:
     never_started = [fut for each in pools for fut in list(each._jobs) if fut._state == QUEUED]
     for each in pools:
         each.close()
+    for fut in never_started:  # abandoned (said below): none runs later, either
+        if take(fut) is not None:
+            fut._set_cancelled()
     # One short grace period for all of them: the idle ones leave within it, and exit
     # does not wait on the busy ones (their calls are abandoned with the process).
     deadline = time.monotonic() + _EXIT_GRACE_SECONDS
@@ -324,6 +327,9 @@ def _close_at_exit() -> None:
     ]
     for thread in workers:
         thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+    # An exit hook that runs after this one (registered before forkwait was imported)
+    # may still fork: the shared pool starts workers for it again.
+    pool._limit = settings.max_threads
     busy = sum(thread.is_alive() for thread in workers)
     if busy or never_started:
         names = sorted({describe(fut._func) for fut in never_started})
