@@ -118,3 +118,19 @@ def test_a_loops_pool_goes_with_the_loop(loop_factory: Any) -> None:
     gc.collect()
     assert key not in _loop_pools
     assert loops_pool._limit == 0, "its idle workers were let go, as anyio's are"
+
+
+class _Three:
+    """An integer of another library's (numpy's int64, say): it has __index__."""
+
+    def __index__(self) -> int:
+        return 3
+
+
+def test_counts_take_any_integer_type(max_threads: Any) -> None:
+    assert forkwait.configure(max_threads=_Three()).max_threads == 3  # type: ignore[arg-type]
+    before = forkwait.configure().max_processes
+    try:
+        assert forkwait.configure(max_processes=_Three()).max_processes == 3  # type: ignore[arg-type]
+    finally:
+        forkwait.configure(max_processes=before)

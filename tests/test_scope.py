@@ -633,3 +633,18 @@ def test_a_sync_scope_leaves_a_failure_to_a_fork_blocked_waiting_for_it() -> Non
             other = fork(_sibling_until, release)
         assert waiter.result() == "caught"
         assert other.result() == "finished", "the sibling was not cancelled"
+
+
+@pytest.mark.anyio
+async def test_a_sync_with_scope_in_async_code_says_to_use_async_with() -> None:
+    with (
+        pytest.raises(RuntimeError, match=r"write `async with forkwait.scope\(\):`"),
+        forkwait.scope(),
+    ):
+        pass
+
+
+@pytest.mark.parametrize("task_group", ["nope", object()])
+def test_a_task_group_that_is_not_one_is_a_type_error(task_group: Any) -> None:
+    with pytest.raises(TypeError, match=r"scope\(task_group=...\) takes an anyio TaskGroup"):
+        forkwait.scope(task_group=task_group)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 import threading
@@ -64,6 +65,19 @@ class Configuration(NamedTuple):
     offload: str
 
 
+def _count(value: object, option: str, what: str) -> int:
+    """``value`` as a count of at least 1 (an int, or any integer such as numpy's)."""
+    try:
+        count = operator.index(cast(int, value)) if not isinstance(value, bool) else 0
+    except TypeError:
+        count = 0
+    if count < 1:
+        raise ValueError(
+            f"configure({option}=...) needs a whole number of {what} >= 1, got {value!r}"
+        )
+    return count
+
+
 def configure(
     max_threads: int | None = None,
     loop: LoopName | None = None,
@@ -89,19 +103,10 @@ def configure(
         forkwait.configure().max_threads    # 8
     """
     # Checked at run time too: callers without a type checker pass strings and floats.
-    given = cast(object, max_threads)
-    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
-        raise ValueError(
-            f"configure(max_threads=...) needs a whole number of threads >= 1, got {max_threads!r}"
-        )
-    processes = cast(object, max_processes)
-    if processes is not None and (
-        isinstance(processes, bool) or not isinstance(processes, int) or processes < 1
-    ):
-        raise ValueError(
-            f"configure(max_processes=...) needs a whole number of processes >= 1, "
-            f"got {max_processes!r}"
-        )
+    if max_threads is not None:
+        max_threads = _count(max_threads, "max_threads", "threads")
+    if max_processes is not None:
+        max_processes = _count(max_processes, "max_processes", "processes")
     target: Target | None = None
     if offload is not None:
         from ._offload import target_for

@@ -202,6 +202,11 @@ class Scope(Observer):
     # -- entering and leaving ----------------------------------------------------------
 
     def __enter__(self) -> Scope:
+        if self._task_group is None and _in_async_code():
+            raise RuntimeError(
+                "a sync `with forkwait.scope():` in async code would block the event loop "
+                "when it waits for its forks; write `async with forkwait.scope():`"
+            )
         self._open()
         if self._task_group is not None:
             self._attach()
@@ -364,6 +369,15 @@ def _cancelled_error(func: Callable[..., Any]) -> BaseException:
     return CancelledError(f"fork({describe(func)}) was cancelled with its scope before it started")
 
 
+def _in_async_code() -> bool:
+    """Whether an event loop (asyncio's, or a trio run) runs in this thread."""
+    from asyncio import events
+
+    from ._hosts import trio_token
+
+    return events._get_running_loop() is not None or trio_token() is not None
+
+
 def _in_host_thread(host: Any) -> bool:
     """Whether this thread runs ``host`` (an asyncio loop, or a trio run's token)."""
     from asyncio import events
@@ -466,4 +480,13 @@ def scope(*, task_group: TaskGroup | None = None) -> Scope:
             with forkwait.scope(task_group=tg):
                 fork(crawl, site)         # lives and dies with tg
     """
+    if task_group is not None:
+        import anyio.abc
+
+        if not isinstance(task_group, anyio.abc.TaskGroup):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(
+                f"forkwait.scope(task_group=...) takes an anyio TaskGroup (from "
+                f"anyio.create_task_group()), got {type(task_group).__qualname__} object "
+                f"{task_group!r}"
+            )
     return Scope(task_group)
