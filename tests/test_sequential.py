@@ -185,12 +185,40 @@ async def test_a_sync_call_waiting_on_a_coroutine_of_its_own_loop_is_told_so() -
     def waits_for(fut: forkwait.Future[int]) -> int:
         return wait(fut) + 1
 
+    pending = fork(later)  # in parallel mode: a task of this loop
     with forkwait.sequential():
-        pending = fork(later)
         blocked = fork(waits_for, pending)
     with pytest.raises(RuntimeError, match="cannot wait for"):
         await blocked
     assert await pending == 5
+
+
+@pytest.mark.anyio
+async def test_in_async_code_a_sync_call_forked_after_a_coroutine_waits_its_turn() -> None:
+    """Fork order holds across both kinds: the sync call runs once the coroutine forked
+    before it has finished (so it may even wait for it), in the forking thread."""
+    order: list[str] = []
+    here = threading.current_thread()
+
+    async def first() -> int:
+        await anyio.lowlevel.checkpoint()
+        order.append("first")
+        return 5
+
+    def second(fut: forkwait.Future[int]) -> int:
+        assert threading.current_thread() is here
+        order.append("second")
+        return wait(fut) + 1
+
+    async def third() -> None:
+        order.append("third")
+
+    with forkwait.sequential():
+        futs = [fork(first)]
+        futs.append(fork(second, futs[0]))
+        futs.append(fork(third))
+    assert await forkwait.wait_all(futs) == [5, 6, None]
+    assert order == ["first", "second", "third"]
 
 
 @pytest.mark.anyio

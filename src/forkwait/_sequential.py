@@ -8,8 +8,9 @@ exceptions are those of parallel mode; the future comes back already finished.
 A coroutine function forked from sync code runs to its end on an event loop of its own
 in the forking thread. Forked from async code (the forking thread runs an asyncio loop
 or a trio run), it cannot finish before ``fork`` returns: it becomes a task there that
-starts only when the coroutine forked before it has finished, so coroutines still run
-one at a time and in fork order (a sync call forked meanwhile runs at once).
+starts only when the call forked before it has finished, so calls still run one at a
+time and in fork order. A sync call forked while such a coroutine is pending takes its
+turn the same way, then runs in the forking thread as sync code.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class Sequential(Observer):
             host = hidden
         if is_async and host is not None:
             return self._queue_after_last(host, func, args, kwargs)
+        if host is not None:
+            last = self._last.get((id(host), _forker.get()))
+            if last is not None and not last.done():  # a coroutine forked before is pending
+                return self._queue_awaitable(host, func, _sync_turn(func, args, kwargs))
         fut = new_future(RUNNING, func)
         context = contextvars.copy_context()  # as a forked call: its own copy
         try:
@@ -135,6 +140,16 @@ async def _after(previous: Future[Any] | None, coro: Any, serial: int) -> Any:
     if not inspect.isawaitable(coro):
         return coro  # a false coroutine function's value, as fork() gives it
     return await coro
+
+
+async def _sync_turn(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """A sync call's turn in the queue: run in the loop's thread, as sync code."""
+    value = _call_as_sync_code(func, args, kwargs)
+    if inspect.isawaitable(value):  # as in parallel mode: the loop awaits what it returned
+        return await value
+    return value
 
 
 def _call_as_sync_code(
