@@ -120,6 +120,44 @@ def test_an_exit_hook_can_start_the_default_runtime_first() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_child_of_os_fork_made_in_a_worker_thread_runs_coroutines_of_its_own(
+    backend: str,
+) -> None:
+    """The loop that the worker thread worked for does not run in the child: the
+    child's forks go to its own default runtime, as from plain sync code."""
+    result = run_script(
+        f"""
+        import os
+        import anyio
+        import forkwait
+        from forkwait import fork, wait
+
+        async def double(x):
+            await anyio.sleep(0)
+            return 2 * x
+
+        def forks_the_process():
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    print(wait(fork(double, 21), timeout=10), flush=True)
+                finally:
+                    os._exit(0)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+        async def main():
+            print(await fork(forks_the_process))
+            print(await anyio.to_thread.run_sync(forks_the_process))
+
+        anyio.run(main, backend={backend!r})
+        """,
+        timeout=40,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["42", "0", "42", "0"], result.stdout + result.stderr
+
+
 def test_the_child_of_os_fork_can_fork_and_wait() -> None:
     """After os.fork the parent's loop thread is gone; the child starts its own runtime."""
     result = run_script(

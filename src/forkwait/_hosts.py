@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import sys
 import threading
 from asyncio import events as _events
@@ -106,6 +107,25 @@ def thread_host() -> Host:
 def _is_trio_token(obj: object) -> bool:
     trio = _modules.get("trio")
     return trio is not None and isinstance(obj, trio.lowlevel.TrioToken)
+
+
+def _forget_hosts_in_child() -> None:
+    """In a child made by ``os.fork`` from a thread that worked for a loop (or trio run)
+    of another thread: that loop runs in the parent only, so forks made here go to the
+    child's own runtime, as from plain sync code."""
+    if _get_running_loop() is not None or trio_token() is not None:
+        return  # this thread's own loop: it goes on running in the child
+    call_frame.set((UNRESOLVED, 0, None))  # in the context the child goes on in
+    anyio_loop = _modules.get("anyio._core._eventloop")
+    if anyio_loop is not None:  # an anyio worker thread's loop, see thread_host
+        anyio_loop.threadlocals.__dict__.pop("current_token", None)
+    sniffio = _modules.get("sniffio")
+    if sniffio is not None:  # no async library runs here now (anyio asks sniffio)
+        sniffio.current_async_library_cvar.set(None)
+        sniffio.thread_local.name = None
+
+
+os.register_at_fork(after_in_child=_forget_hosts_in_child)
 
 
 def current_host() -> Host:
