@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -760,6 +761,22 @@ def test_os_fork_while_the_first_worker_starts_leaves_the_child_a_working_pool()
             cwd=Path(__file__).resolve().parent.parent,
         )
         assert result.stdout.split() == ["4", "0"], (delay, result.stdout, result.stderr)
+
+
+def terminate_a_forked_child() -> int | None:
+    """In a worker process: start a child with the fork start method, terminate it."""
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    child.start()
+    child.terminate()
+    child.join(10)
+    return child.exitcode
+
+
+def test_a_process_a_call_forks_keeps_the_default_sigterm() -> None:
+    """The worker's own SIGTERM handler (see _serve) is not passed on to it."""
+    with forkwait.offload("processes"):
+        fut = fork(terminate_a_forked_child)
+    assert wait(fut, timeout=30) == -signal.SIGTERM
 
 
 def test_a_child_of_os_fork_uses_a_pool_of_its_own(tmp_path: Path) -> None:

@@ -328,6 +328,14 @@ def test_wait_all_of_something_not_iterable_says_what_it_takes(value: Any) -> No
         wait_all(value)
 
 
+def test_wait_all_lets_the_errors_of_a_generator_it_is_given_through() -> None:
+    async def double(x: int) -> int:
+        return 2 * x
+
+    with pytest.raises(TypeError, match="Pass the function and its arguments"):
+        wait_all(fork(double(x)) for x in range(3))  # type: ignore[arg-type]
+
+
 def test_wait_all_of_one_future_says_to_pass_a_list() -> None:
     fut = fork(abs, 1)
     with pytest.raises(TypeError, match=r"got one future; write wait_all\(\[fut\]\)"):

@@ -579,7 +579,9 @@ class Future(Generic[T]):
             except RuntimeError:  # that loop is closed: nobody is left to wake
                 if failed:
                     handing_over(self, -1)
-        elif thread_state.serves_others:
+        elif thread_state.serves_others and not _takes_failure(waiter):
+            # Done callbacks may block; what wakes a waiter (a trio task, a thread
+            # waiting in a scope) does not, and takes a failure before they run.
             from ._threads import call_in_a_worker
 
             call_in_a_worker(_run_callback, waiter, self)

@@ -103,10 +103,16 @@ class _Worker:
 
 #: In a worker process: the parent stopped it (SIGTERM) while it was busy.
 _terminated = False
+#: The worker process that set the handler below (not a process a call forked).
+_serving_pid = 0
 
 
 def _leave_when_terminated(signum: int, frame: object) -> None:
     global _terminated
+    if os.getpid() != _serving_pid:  # a process a call forked, before it reset SIGTERM
+        _default_sigterm()
+        os.kill(os.getpid(), signum)  # ended as SIGTERM ends it
+        return
     _terminated = True
     raise SystemExit(128 + signum)  # out of the call, or of waiting for the next one
 
@@ -118,7 +124,11 @@ def _serve(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The parent stops a busy worker with SIGTERM: leave through the `finally` below,
     # which stops a pool of this process's own, instead of leaving its calls running.
+    # Processes that a call forks get the default back.
+    global _serving_pid
+    _serving_pid = os.getpid()
     signal.signal(signal.SIGTERM, _leave_when_terminated)
+    os.register_at_fork(after_in_child=_default_sigterm)
     try:
         conn.send_bytes(b"")  # started: past importing what the parent's main module needs
         while True:
@@ -135,6 +145,17 @@ def _serve(conn: Connection) -> None:
         # A call here may have used a pool of this process's own: multiprocessing ends
         # a process by joining its children, so stop them first.
         processes.stop()
+        if _terminated:
+            # Now, as SIGTERM would: not after threads the call started, or cleanup
+            # that multiprocessing runs, which the parent gives a second at most.
+            os._exit(128 + signal.SIGTERM)
+
+
+def _default_sigterm() -> None:
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not this process's main thread: left as it is
+        pass
 
 
 class _Run:
@@ -648,21 +669,23 @@ atexit.register(processes.stop_at_exit)
 # held into the child, whose own pool would then wait on them for good: so a fork
 # waits for the start to end (a few milliseconds; at most the grace period).
 _starting = threading.Lock()
-_held_for_fork = [False]
+_forking = threading.local()  # whether this thread's os.fork() holds _starting
 
 
 def _hold_starts() -> None:
-    _held_for_fork[0] = _starting.acquire(True, _STOP_GRACE_SECONDS * 5)
+    _forking.holds = _starting.acquire(True, _STOP_GRACE_SECONDS * 5)
 
 
 def _release_starts() -> None:
-    if _held_for_fork[0]:
-        _held_for_fork[0] = False
+    if getattr(_forking, "holds", False):
+        _forking.holds = False
         _starting.release()
 
 
 def _in_child() -> None:
-    _release_starts()
+    global _starting
+    _starting = threading.Lock()  # held or not in the parent, nobody holds it here
+    _forking.holds = False
     processes.forget_in_child()
 
 

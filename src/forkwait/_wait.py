@@ -166,12 +166,13 @@ def _futures_of(futures: Iterable[Future[T]]) -> list[Future[T]]:
             "wait_all([fut]), or wait(fut)"
         )
     try:
-        futs = list(futures)
+        each = iter(futures)
     except TypeError:
         raise TypeError(
             f"wait_all() takes an iterable of forkwait futures, got "
             f"{type(futures).__qualname__} object {futures!r}"
         ) from None
+    futs = list(each)  # a generator's own errors (a bad fork in it) come through as they are
     for fut in futs:
         if not isinstance(fut, Future):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise _not_a_future(fut, "wait_all")
