@@ -91,6 +91,11 @@ def touch(path: str) -> str:
     return path
 
 
+def touch_then_wait_for(started: str, gate: str) -> str:
+    touch(started)
+    return wait_for_file(gate, 30)
+
+
 def make_lock() -> object:
     return threading.Lock()
 
@@ -336,13 +341,14 @@ def test_bad_max_processes_is_a_value_error(value: Any) -> None:
 def test_cancel_stops_a_queued_call_but_not_a_running_one(
     one_process: None, tmp_path: Path
 ) -> None:
-    gate, marker = tmp_path / "gate", tmp_path / "marker"
+    gate, marker, started = tmp_path / "gate", tmp_path / "marker", tmp_path / "started"
     with forkwait.offload("processes"):
-        running = fork(wait_for_file, str(gate), 30)
+        running = fork(touch_then_wait_for, str(started), str(gate))
         queued = fork(touch, str(marker))  # the one worker is busy: this waits its turn
         after = fork(pid_and_square, 3)
     assert queued.cancel()
     assert queued.cancelled()
+    wait_for_file(str(started), 30)  # the worker may still be starting until then
     assert not running.cancel()  # in the worker: it cannot be stopped
     gate.touch()
     assert wait(running) == "released"
