@@ -124,11 +124,13 @@ def _serve(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The parent stops a busy worker with SIGTERM: leave through the `finally` below,
     # which stops a pool of this process's own, instead of leaving its calls running.
-    # Processes that a call forks get the default back.
+    # Processes that a call forks get the default back (see _hold_sigterm).
     global _serving_pid
     _serving_pid = os.getpid()
     signal.signal(signal.SIGTERM, _leave_when_terminated)
-    os.register_at_fork(after_in_child=_default_sigterm)
+    os.register_at_fork(
+        before=_hold_sigterm, after_in_parent=_release_sigterm, after_in_child=_default_sigterm
+    )
     try:
         conn.send_bytes(b"")  # started: past importing what the parent's main module needs
         while True:
@@ -151,11 +153,23 @@ def _serve(conn: Connection) -> None:
             os._exit(128 + signal.SIGTERM)
 
 
+def _hold_sigterm() -> None:
+    # Blocked across os.fork(): a SIGTERM that reaches the child before it has the
+    # default back waits (the kernel keeps it pending), rather than trip the handler
+    # that Python then forgets in the child, which would go on as if never signalled.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _release_sigterm() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def _default_sigterm() -> None:
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except ValueError:  # not this process's main thread: left as it is
+    except ValueError:  # not the main thread: the handler passes it on (see above)
         pass
+    _release_sigterm()
 
 
 class _Run:
