@@ -160,7 +160,7 @@ def test_a_failure_on_its_way_to_a_loop_closed_before_taking_it_is_reported(
         await box[0]
 
     task = loop.create_task(awaits())
-    loop.run_until_complete(asyncio.sleep(0.01))  # the task now awaits; the loop stops
+    loop.run_until_complete(asyncio.sleep(0))  # one turn: the task now awaits; the loop stops
     handed = threading.Event()
     box[0].add_done_callback(lambda _: handed.set())  # after the task's hand-off is queued
     go.set()
