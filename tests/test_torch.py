@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import traceback
 from collections.abc import Callable
@@ -90,17 +92,175 @@ def test_forked_module_method_takes_keywords() -> None:
     torch.testing.assert_close(out, model.linear(x) * 2.0)
 
 
-def test_many_modules_run_at_once() -> None:
-    """Four forked modules are all inside forward at the same time (threads, not a queue)."""
-    barrier = threading.Barrier(4, timeout=10)
+def test_as_many_modules_run_at_once_as_torch_has_interop_threads() -> None:
+    """Forked modules are all inside forward at the same time (threads, not a queue), as
+    many as torch.jit.fork runs at once."""
+    count = torch.get_num_interop_threads()
+    barrier = threading.Barrier(count, timeout=10)
 
     class Meeting(nn.Module):
         def forward(self, x: Tensor) -> Tensor:
-            barrier.wait()  # raises BrokenBarrierError unless all four are running at once
+            barrier.wait()  # raises BrokenBarrierError unless all of them run at once
             return x + 1
 
-    futs = [fork(Meeting(), torch.zeros(1)) for _ in range(4)]
-    assert [float(v) for v in forkwait.wait_all(futs)] == [1.0] * 4
+    futs = [fork(Meeting(), torch.zeros(1)) for _ in range(count)]
+    assert [float(v) for v in forkwait.wait_all(futs)] == [1.0] * count
+
+
+class Held(nn.Module):
+    """A module that notes when it enters and leaves forward, and stays until released."""
+
+    def __init__(self, name: str, log: list[str], entered: threading.Semaphore) -> None:
+        super().__init__()
+        self.name = name
+        self.log = log
+        self.entered = entered
+        self.release = threading.Event()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.log.append(f"enter {self.name}")
+        self.entered.release()
+        assert self.release.wait(10)
+        self.log.append(f"leave {self.name}")
+        return x + 1
+
+
+def fork_one_more_than(count: int, observe: Callable[[], Any]) -> None:
+    """Hold ``count`` forked modules in forward; one more forked waits for one to leave."""
+    log: list[str] = []
+    entered = threading.Semaphore(0)
+    held = [Held(f"held {i}", log, entered) for i in range(count)]
+    extra = Held("extra", log, entered)
+    extra.release.set()
+    with observe():
+        futs = [fork(module, torch.zeros(1)) for module in held]
+        for _ in held:
+            assert entered.acquire(timeout=10)
+        futs.append(fork(extra, torch.zeros(1)))
+        # What must not happen cannot be waited for: give it a moment it would take.
+        assert not entered.acquire(timeout=0.2), log
+        held[0].release.set()
+        assert float(wait(futs[0])) == 1.0  # not the extra's: a waiter may run it inline
+        for module in held:
+            module.release.set()
+        assert [float(v) for v in forkwait.wait_all(futs)] == [1.0] * (count + 1)
+    assert log.index("enter extra") > log.index("leave held 0"), log
+
+
+@pytest.mark.parametrize("observe", ["plainly", "in a scope", "in a trace"])
+def test_a_module_more_than_torch_interop_threads_waits_for_a_thread(observe: str) -> None:
+    """As torch.jit.fork's tasks: more modules at once than cores would only share them."""
+    observers = {
+        "plainly": contextlib.nullcontext,
+        "in a scope": forkwait.scope,
+        "in a trace": forkwait.trace,
+    }
+    fork_one_more_than(torch.get_num_interop_threads(), observers[observe])
+
+
+def test_a_lower_thread_limit_caps_forked_modules_too(max_threads: Any) -> None:
+    max_threads(1)
+    fork_one_more_than(1, contextlib.nullcontext)
+
+
+@pytest.mark.asyncio
+async def test_modules_forked_from_async_code_share_torch_interop_threads() -> None:
+    count = torch.get_num_interop_threads()
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    class Counted(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            nonlocal inside, most
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            try:
+                return torch.relu(x @ x)  # long enough for the others to start, if allowed
+            finally:
+                with lock:
+                    inside -= 1
+
+    x = torch.randn(256, 256)
+    modules = [Counted() for _ in range(4 * count)]
+    for _ in range(5):
+        outs = await asyncio.gather(*[fork(module, x) for module in modules])
+        assert len(outs) == len(modules)
+    assert most <= count
+
+
+def test_nested_module_forks_finish_with_few_threads(max_threads: Any) -> None:
+    """A module that forks modules and waits for them, three levels deep, does not
+    starve the module threads: a blocked waiter gives its thread back."""
+    max_threads(1)
+
+    class Tree(nn.Module):
+        def __init__(self, depth: int) -> None:
+            super().__init__()
+            self.children_ = nn.ModuleList([Tree(depth - 1) for _ in range(2)] if depth else [])
+
+        def forward(self, x: Tensor) -> Tensor:
+            futs = [fork(child, x) for child in self.children_]
+            return x + 1 + sum((wait(fut) for fut in futs), torch.zeros_like(x))
+
+    async def handler() -> Tensor:
+        return await fork(Tree(3), torch.zeros(1))
+
+    assert float(asyncio.run(handler())) == 15.0
+
+
+def test_an_exit_hook_can_still_fork_a_module() -> None:
+    """forkwait's exit hook lets the module threads go; a later hook gets them back."""
+    result = run_script(
+        """
+        import atexit
+        import torch
+
+        def flush():
+            from forkwait import fork, wait
+
+            async def awaited():  # so no waiter can run it inline
+                return await fork(torch.nn.Identity(), torch.ones(1))
+
+            print(float(wait(fork(awaited), timeout=20)))
+
+        atexit.register(flush)
+
+        from forkwait import fork, wait
+
+        print(float(wait(fork(torch.nn.Identity(), torch.ones(1)))))
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1.0\n1.0\n"
+
+
+def test_the_child_of_os_fork_runs_modules_in_threads_of_its_own() -> None:
+    result = run_script(
+        """
+        import os
+        import torch
+        from forkwait import fork, wait
+
+        async def awaited():  # so no waiter can run it inline
+            return await fork(torch.nn.Identity(), torch.ones(1))
+
+        assert float(wait(fork(awaited))) == 1.0  # the parent's module threads exist
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                ok = float(wait(fork(awaited), timeout=10)) == 1.0
+            finally:
+                os._exit(0 if ok else 1)
+        print("child exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "child exit 0\n", result.stderr
 
 
 async def _handler(model: nn.Module, x: Tensor) -> Tensor:

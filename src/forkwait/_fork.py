@@ -29,8 +29,9 @@ from ._hosts import (
     trio_token,
 )
 from ._state import QUEUED, RUNNING
-from ._threads import pool, pool_for
+from ._threads import module_pool_for, pool, pool_for
 from ._torch import bind as bind_torch_state
+from ._torch import is_module_call
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 _FunctionType = types.FunctionType
@@ -110,7 +111,9 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     fut._state = QUEUED
     fut._waiters = None  # made on first use: most sync calls are waited on inline
     fut._func = func
+    is_module = False
     if "torch" in _modules:  # the forker's grad mode, inference mode and autocast go along
+        is_module = is_module_call(func)
         func = bind_torch_state(func)
     host: Host = _get_running_loop()  # current_host(), inlined:
     if host is None:
@@ -118,8 +121,10 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         if host is UNRESOLVED:
             host = thread_host()
     fut._handle = [(func, args, kwargs, _copy_context(), host)]  # see take
-    # Thread limits are per event loop, as anyio's are; pool_for(host), inlined for None.
-    (pool if host is None else pool_for(host)).submit(fut)
+    if is_module:  # as many at once as torch.jit.fork runs
+        module_pool_for(host).submit(fut)
+    else:  # thread limits are per event loop, as anyio's are; pool_for(host), inlined for None
+        (pool if host is None else pool_for(host)).submit(fut)
     return fut
 
 

@@ -10,6 +10,7 @@ retrieved by then cancels the siblings, and the scope raises an ``ExceptionGroup
 from __future__ import annotations
 
 import contextvars
+import functools
 import itertools
 import threading
 import weakref
@@ -119,6 +120,8 @@ class Scope(Observer):
                 raise _cancelled_error(func)
             return func(*args, **kwargs)
 
+        # __wrapped__ only: its name is describe()'s, as a module has no __name__.
+        functools.update_wrapper(unless_cancelled, func, assigned=(), updated=())
         unless_cancelled.__qualname__ = describe(func)
         unless_cancelled.__name__ = getattr(func, "__name__", unless_cancelled.__qualname__)
         return unless_cancelled

@@ -47,6 +47,7 @@ from ._hosts import (
 from ._state import DONE, FAILED, QUEUED, RUNNING
 from ._torch import bind_inline as bind_torch_inline
 from ._torch import clean_up as clean_torch_state
+from ._torch import interop_threads
 
 logger = logging.getLogger("forkwait")
 
@@ -113,10 +114,12 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
 
 
 class WorkerPool:
-    """Daemon worker threads, at most ``limit`` of them running calls at once."""
+    """Daemon worker threads, at most ``limit`` of them running calls at once, and never
+    more than ``cap`` whatever the limit configured."""
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
+    def __init__(self, limit: int, cap: int = sys.maxsize) -> None:
+        self.cap = cap
+        self._limit = min(limit, cap)
         self.idle_seconds = IDLE_SECONDS
         self._generation = 0
         self._reset()
@@ -150,6 +153,7 @@ class WorkerPool:
                 break
 
     def set_limit(self, limit: int) -> None:
+        limit = min(limit, self.cap)
         with self._lock:
             self._limit = limit
         for _ in range(min(len(self._jobs), limit)):  # a raised limit: start what may run
@@ -161,6 +165,10 @@ class WorkerPool:
                 self._parked.pop().release()
             except IndexError:
                 break
+
+    def reopen(self) -> None:
+        """Take workers again after ``close()``, up to the configured limit."""
+        self._limit = min(settings.max_threads, self.cap)
 
     def submit(self, fut: Future[Any]) -> None:
         """Queue ``fut``'s sync call for a worker."""
@@ -276,6 +284,10 @@ pool = WorkerPool(settings.max_threads)
 # The pools of other event loops (and trio runs), by id(); anyio limits threads per
 # loop too. An entry goes when its loop is collected (see _add_pool).
 _loop_pools: dict[int, WorkerPool] = {}
+# The pools of forked torch modules, by id() of their host as above, None's included.
+_module_pools: dict[int, WorkerPool] = {}
+#: The module pool of plain sync code and of the default runtime's loop, once made.
+_shared_module_pool: WorkerPool | None = None
 
 
 def pool_for(host: Host) -> WorkerPool:
@@ -283,26 +295,50 @@ def pool_for(host: Host) -> WorkerPool:
     if host is None:
         return pool
     found = _loop_pools.get(id(host))
-    return found if found is not None else _add_pool(host)
+    return found if found is not None else _add_pool(host, modules=False)
 
 
-def _add_pool(host: Host) -> WorkerPool:
+def module_pool_for(host: Host) -> WorkerPool:
+    """The pool of ``host`` for forked torch modules: as ``torch.jit.fork`` runs its tasks
+    on torch's inter-op threads, at most ``torch.get_num_interop_threads()`` of them run
+    at once. More would share the cores they compute on, and each finish later."""
+    found = _module_pools.get(id(host))
+    return found if found is not None else _add_pool(host, modules=True)
+
+
+def _add_pool(host: Host, modules: bool) -> WorkerPool:
     from ._runtime import runtime
 
+    pools = _module_pools if modules else _loop_pools
     with settings.lock:
         key = id(host)
-        found = _loop_pools.get(key)
+        found = pools.get(key)
         if found is None:
-            # The default runtime's loop shares the pool of the sync code it serves.
-            found = pool if host is runtime.current_loop() else WorkerPool(settings.max_threads)
-            _loop_pools[key] = found
-            weakref.finalize(host, _drop_pool, key)  # before id() can be reused
+            # The default runtime's loop shares the pools of the sync code it serves.
+            if host is None or host is runtime.current_loop():
+                found = _shared_pool(modules)
+            else:
+                cap = interop_threads() if modules else sys.maxsize
+                found = WorkerPool(settings.max_threads, cap)
+            pools[key] = found
+            if host is not None:
+                weakref.finalize(host, _drop_pool, pools, key)  # before id() can be reused
         return found
 
 
-def _drop_pool(key: int) -> None:
-    dropped = _loop_pools.pop(key, None)
-    if dropped is not None and dropped is not pool:
+def _shared_pool(modules: bool) -> WorkerPool:
+    """The pool of plain sync code, or its module pool (made on first use: it asks torch)."""
+    global _shared_module_pool
+    if not modules:
+        return pool
+    if _shared_module_pool is None:
+        _shared_module_pool = WorkerPool(settings.max_threads, interop_threads())
+    return _shared_module_pool
+
+
+def _drop_pool(pools: dict[int, WorkerPool], key: int) -> None:
+    dropped = pools.pop(key, None)
+    if dropped is not None and dropped is not pool and dropped is not _shared_module_pool:
         dropped.close()  # as anyio stops a loop's worker threads with the loop
 
 
@@ -328,8 +364,10 @@ def _close_at_exit() -> None:
     for thread in workers:
         thread.join(timeout=max(deadline - time.monotonic(), 0.0))
     # An exit hook that runs after this one (registered before forkwait was imported)
-    # may still fork: the shared pool starts workers for it again.
-    pool._limit = settings.max_threads
+    # may still fork: the shared pools start workers for it again.
+    pool.reopen()
+    if _shared_module_pool is not None:
+        _shared_module_pool.reopen()
     busy = sum(thread.is_alive() for thread in workers)
     if busy or never_started:
         names = sorted({describe(fut._func) for fut in never_started})
@@ -347,13 +385,19 @@ atexit.register(_close_at_exit)
 
 def all_pools() -> list[WorkerPool]:
     """Every pool, for ``configure(max_threads=...)``."""
-    return [pool, *(p for p in list(_loop_pools.values()) if p is not pool)]
+    pools = {id(pool): pool}
+    for each in (*_loop_pools.values(), *_module_pools.values()):
+        pools.setdefault(id(each), each)
+    return list(pools.values())
 
 
 def _reset_after_fork() -> None:
     # The parent's loops and their workers do not exist in the child.
     _loop_pools.clear()
+    _module_pools.clear()
     pool._reset()
+    if _shared_module_pool is not None:
+        _shared_module_pool._reset()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)

@@ -3,6 +3,8 @@
 torch keeps grad mode, inference mode, autocast and the current CUDA device and stream
 per thread, and ``torch.jit.fork`` carries them into its tasks; so does ``fork``, or a
 module forked under ``inference_mode()`` would build autograd graphs in its worker.
+Also which calls are modules: those run at most as many at once as ``torch.jit.fork``
+runs tasks (see ``_threads.module_pool_for``).
 
 This module never imports torch: ``fork`` calls it only once the app has imported torch
 (``"torch" in sys.modules``), so ``import forkwait`` stays light.
@@ -75,6 +77,40 @@ _grad_enabled: Callable[[], bool] = _load_probes
 _inference: Callable[[], bool] = _off
 _any_autocast: Callable[[], bool] = _off
 _cuda_initialized: Callable[[], bool] = _off
+
+
+#: How many wrappers is_module_call looks through: one per scope or trace around the
+#: fork, so no more than they nest; a proxy whose __wrapped__ is itself stops there.
+_MAX_WRAPPERS = 64
+#: ``torch.nn.Module``, once torch is usable.
+_module_type: type | None = None
+
+
+def is_module_call(func: object) -> bool:
+    """Whether ``func`` is a ``torch.nn.Module`` or a method of one, also as wrapped by a
+    scope or a trace (their wrappers set ``__wrapped__``)."""
+    global _module_type
+    module_type = _module_type
+    if module_type is None:
+        module_type = _module_type = getattr(_modules.get("torch.nn"), "Module", None)
+        if module_type is None:  # torch is still being imported, in another thread
+            return False
+    for _ in range(_MAX_WRAPPERS + 1):
+        # Module first: a module's own getattr of a missing name is slow.
+        if isinstance(func, module_type) or isinstance(
+            getattr(func, "__self__", None), module_type
+        ):
+            return True
+        func = getattr(func, "__wrapped__", None)
+        if func is None:
+            return False
+    return False
+
+
+def interop_threads() -> int:
+    """How many threads ``torch.jit.fork`` runs tasks on: ``torch.get_num_interop_threads()``."""
+    count: int = _modules["torch"].get_num_interop_threads()
+    return max(count, 1)
 
 
 def is_fresh() -> bool:
