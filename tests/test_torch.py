@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 import forkwait
 from forkwait import fork, wait
+from forkwait._threads import module_pool_for
 from tests.conftest import run_script
 
 pytestmark = pytest.mark.timeout(60)
@@ -125,6 +126,16 @@ class Held(nn.Module):
         return x + 1
 
 
+@pytest.fixture
+def unwatched() -> Iterator[None]:
+    """Plain sync code's module pool without the watchdog, which would start a thread
+    for a module that waits long enough: here what must wait, waits."""
+    modules = module_pool_for(None)
+    modules.watched = False
+    yield
+    modules.watched = True
+
+
 def fork_one_more_than(count: int, observe: Callable[[], Any]) -> None:
     """Hold ``count`` forked modules in forward; one more forked waits for one to leave."""
     log: list[str] = []
@@ -147,6 +158,7 @@ def fork_one_more_than(count: int, observe: Callable[[], Any]) -> None:
     assert log.index("enter extra") > log.index("leave held 0"), log
 
 
+@pytest.mark.usefixtures("unwatched")
 @pytest.mark.parametrize("observe", ["plainly", "in a scope", "in a trace"])
 def test_a_module_more_than_torch_interop_threads_waits_for_a_thread(observe: str) -> None:
     """As torch.jit.fork's tasks: more modules at once than cores would only share them."""
@@ -158,6 +170,7 @@ def test_a_module_more_than_torch_interop_threads_waits_for_a_thread(observe: st
     fork_one_more_than(torch.get_num_interop_threads(), observers[observe])
 
 
+@pytest.mark.usefixtures("unwatched")
 def test_a_lower_thread_limit_caps_forked_modules_too(max_threads: Any) -> None:
     max_threads(1)
     fork_one_more_than(1, contextlib.nullcontext)
@@ -188,6 +201,49 @@ async def test_modules_forked_from_async_code_share_torch_interop_threads() -> N
         outs = await asyncio.gather(*[fork(module, x) for module in modules])
         assert len(outs) == len(modules)
     assert most <= count
+
+
+def test_modules_that_wait_for_each_other_get_threads_beyond_interop_threads() -> None:
+    """A module may block on something forkwait cannot see (here a barrier): when the
+    oldest queued module waits with no thread taking it, the watchdog starts one more."""
+    count = torch.get_num_interop_threads() + 2
+    barrier = threading.Barrier(count, timeout=20)
+
+    class Meeting(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            barrier.wait()  # raises BrokenBarrierError unless all of them run at once
+            return x + 1
+
+    futs = [fork(Meeting(), torch.zeros(1)) for _ in range(count)]
+    assert [float(v) for v in forkwait.wait_all(futs)] == [1.0] * count
+    for thread in threading.enumerate():
+        if thread.name == "forkwait-watchdog":
+            thread.join(10)  # nothing is queued now: it leaves
+            assert not thread.is_alive()
+
+
+def test_a_module_blocked_on_a_coroutine_that_forks_a_module_finishes() -> None:
+    class Leaf(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x + 1
+
+    class Bridge(nn.Module):
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            super().__init__()
+            self.loop = loop
+
+        def forward(self, x: Tensor) -> Tensor:
+            async def leaf() -> Tensor:
+                return await fork(Leaf(), x)
+
+            return asyncio.run_coroutine_threadsafe(leaf(), self.loop).result(timeout=20)
+
+    async def main() -> list[Tensor]:
+        loop = asyncio.get_running_loop()
+        count = torch.get_num_interop_threads()
+        return await asyncio.gather(*[fork(Bridge(loop), torch.zeros(1)) for _ in range(count)])
+
+    assert [float(v) for v in asyncio.run(main())] == [1.0] * torch.get_num_interop_threads()
 
 
 def test_nested_module_forks_finish_with_few_threads(max_threads: Any) -> None:
@@ -235,6 +291,77 @@ def test_an_exit_hook_can_still_fork_a_module() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "1.0\n1.0\n"
+
+
+def test_an_exit_hook_can_fork_a_module_while_modules_are_stuck_in_calls() -> None:
+    """The abandoned calls keep their threads; the watchdog starts one for the hook."""
+    result = run_script(
+        """
+        import atexit
+        import threading
+        import torch
+
+        def flush():
+            from forkwait import fork, wait
+
+            async def awaited():  # so no waiter can run it inline
+                return await fork(torch.nn.Identity(), torch.ones(1))
+
+            print(float(wait(fork(awaited), timeout=20)))
+
+        atexit.register(flush)
+
+        from forkwait import fork
+
+        never = threading.Event()
+        entered = threading.Semaphore(0)
+
+        class Stuck(torch.nn.Module):
+            def forward(self, x):
+                entered.release()
+                never.wait()
+
+        for _ in range(torch.get_num_interop_threads()):
+            fork(Stuck(), torch.ones(1))
+        for _ in range(torch.get_num_interop_threads()):
+            assert entered.acquire(timeout=10)
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1.0\n"
+
+
+def test_module_threads_follow_torch_and_configure_also_in_a_child_of_os_fork() -> None:
+    """The cap is torch.get_num_interop_threads() now, not when the pool was made; in a
+    child of os.fork(), configure(max_threads=...) reaches the module threads."""
+    result = run_script(
+        """
+        import os
+        import torch
+        import forkwait
+        from forkwait import fork, wait
+        from forkwait._threads import module_pool_for
+
+        wait(fork(torch.nn.Identity(), torch.ones(1)))
+        torch.set_num_interop_threads(4)
+        wait(fork(torch.nn.Identity(), torch.ones(1)))
+        print("parent", module_pool_for(None)._limit)
+        pid = os.fork()
+        if pid == 0:
+            limit = -1
+            try:
+                forkwait.configure(max_threads=1)
+                wait(fork(torch.nn.Identity(), torch.ones(1)), timeout=10)
+                limit = module_pool_for(None)._limit
+            finally:
+                os._exit(limit)
+        print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "parent 4\nchild 1\n", result.stderr
 
 
 def test_the_child_of_os_fork_runs_modules_in_threads_of_its_own() -> None:

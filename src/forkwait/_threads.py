@@ -7,6 +7,11 @@ both branches with 4 threads):
 2. a worker blocked in ``wait`` gives its slot back while it blocks, so another worker
    may start and run what it waits for.
 
+The module pools, whose limit is small (torch's inter-op thread count), also have a
+watchdog for calls that block on anything else (a queue, I/O, a coroutine on a loop):
+when their oldest queued call has waited a while and no worker took it, it starts one
+more worker.
+
 The per-call path takes no lock: jobs go on a deque and idle workers park on a lock
 of their own, both of which the GIL makes atomic. The pool lock guards only the
 thread count, which changes when a worker starts, retires, blocks or unblocks.
@@ -70,6 +75,9 @@ IDLE_SECONDS = 10.0
 # inline calls a thread blocks instead (giving its slot back), and a worker with a fresh
 # stack takes the call, so deep recursion of forks does not hit RecursionError.
 MAX_INLINE_DEPTH = 24
+# How long a module pool's oldest queued call may wait with no worker taking it before
+# the watchdog starts one more worker (.NET's thread pool waits 0.5 s).
+STARVED_SECONDS = 0.25
 # How long interpreter exit gives the worker threads, all together, to end.
 _EXIT_GRACE_SECONDS = 0.2
 # Results of these types are never awaitable: skip inspect.isawaitable for them.
@@ -120,6 +128,8 @@ class WorkerPool:
     def __init__(self, limit: int, cap: int = sys.maxsize) -> None:
         self.cap = cap
         self._limit = min(limit, cap)
+        #: Whether the watchdog looks after it (see _watch): the module pools.
+        self.watched = cap != sys.maxsize
         self.idle_seconds = IDLE_SECONDS
         self._generation = 0
         self._reset()
@@ -166,6 +176,12 @@ class WorkerPool:
             except IndexError:
                 break
 
+    def set_cap(self, cap: int) -> None:
+        """A new cap (torch's inter-op thread count changed); the limit follows it."""
+        with settings.lock:  # as configure() sets limits, so the two agree
+            self.cap = cap
+            self.set_limit(settings.max_threads)
+
     def reopen(self) -> None:
         """Take workers again after ``close()``, up to the configured limit."""
         self._limit = min(settings.max_threads, self.cap)
@@ -183,16 +199,21 @@ class WorkerPool:
                 pass
         if self._running < self._limit:
             self._grow()
+        elif self.watched:
+            _watch(self)
 
-    def _grow(self) -> bool:
-        """Start a worker if the limit allows; ``True`` if one started."""
+    def _grow(self, starved: bool = False) -> bool:
+        """Start a worker if the limit allows (or beyond it, for ``starved`` calls);
+        ``True`` if one started."""
         with self._lock:
-            if self._running >= self._limit:
+            if self._running >= self._limit and not starved:
                 return False
             self._running += 1
             self._serial += 1
             serial = self._serial
-        thread = threading.Thread(target=self._work, name=f"forkwait-worker-{serial}", daemon=True)
+        thread = threading.Thread(
+            target=self._work, args=(starved,), name=f"forkwait-worker-{serial}", daemon=True
+        )
         try:
             thread.start()
         except RuntimeError:  # interpreter shutdown: no new threads
@@ -223,7 +244,9 @@ class WorkerPool:
             except IndexError:
                 pass
 
-    def _work(self) -> None:
+    def _work(self, starved: bool = False) -> None:
+        """Take and run calls; ``starved``: started by the watchdog beyond the limit, so
+        take one call before leaving for it."""
         thread_state.worker = self
         jobs = self._jobs
         parked = self._parked
@@ -234,12 +257,13 @@ class WorkerPool:
             if self._generation != generation:
                 thread_state.worker = None
                 return  # this is a child made by os.fork: the pool it served is gone
-            if self._running > self._limit and self._retire():
+            if self._running > self._limit and not starved and self._retire():
                 return  # over the limit: it was lowered, or a waiter came back
             try:
                 fut = jobs.popleft() if jobs else None  # test first: raising costs more
             except IndexError:  # another worker took the last one between the two
                 fut = None
+            starved = False
             if fut is None:
                 parked.append(wake)
                 if jobs:  # a job came before we were visible as idle: stay awake
@@ -279,6 +303,62 @@ class WorkerPool:
             self._running += 1
 
 
+# The pools with calls queued at their limit, which the watchdog thread looks at while
+# there are any (see _watch_for_starvation).
+_watched: set[WorkerPool] = set()
+_watch_lock = threading.Lock()
+_watching = False
+
+
+def _watch(pool: WorkerPool) -> None:
+    """``pool`` has a call queued at its limit: have the watchdog look at it."""
+    global _watching
+    with _watch_lock:
+        _watched.add(pool)
+        if _watching:
+            return
+        _watching = True
+    watchdog = threading.Thread(target=_watch_for_starvation, name="forkwait-watchdog", daemon=True)
+    try:
+        watchdog.start()
+    except RuntimeError:  # interpreter shutdown: no new threads
+        with _watch_lock:
+            _watching = False
+
+
+def _watch_for_starvation() -> None:
+    """Every ``STARVED_SECONDS``, start one more worker in each watched pool whose oldest
+    queued call no worker took since the last look; leave when none has calls queued."""
+    global _watching
+    last_seen: dict[WorkerPool, Future[Any]] = {}
+    while True:
+        time.sleep(STARVED_SECONDS)  # a period between looks, not a wait for an event
+        starved: list[WorkerPool] = []
+        with _watch_lock:  # with _watch's: a pool is dropped only while it has no call
+            for each in list(_watched):
+                oldest = _oldest_queued(each) if each.watched else None
+                if oldest is None:
+                    _watched.discard(each)
+                    last_seen.pop(each, None)
+                elif last_seen.get(each) is oldest:
+                    starved.append(each)
+                else:
+                    last_seen[each] = oldest
+            if not _watched:
+                _watching = False
+                return
+        for each in starved:
+            each._grow(starved=True)
+
+
+def _oldest_queued(pool: WorkerPool) -> Future[Any] | None:
+    # The queue keeps calls that their waiters took and ran: those are not waiting.
+    for fut in list(pool._jobs):
+        if fut._state == QUEUED:
+            return fut
+    return None
+
+
 #: The pool of plain sync code and of the default runtime's loop.
 pool = WorkerPool(settings.max_threads)
 # The pools of other event loops (and trio runs), by id(); anyio limits threads per
@@ -303,7 +383,12 @@ def module_pool_for(host: Host) -> WorkerPool:
     on torch's inter-op threads, at most ``torch.get_num_interop_threads()`` of them run
     at once. More would share the cores they compute on, and each finish later."""
     found = _module_pools.get(id(host))
-    return found if found is not None else _add_pool(host, modules=True)
+    if found is None:
+        found = _add_pool(host, modules=True)
+    cap = interop_threads()
+    if found.cap != cap:  # torch.set_num_interop_threads() since the pool was made
+        found.set_cap(cap)
+    return found
 
 
 def _add_pool(host: Host, modules: bool) -> WorkerPool:
@@ -364,7 +449,8 @@ def _close_at_exit() -> None:
     for thread in workers:
         thread.join(timeout=max(deadline - time.monotonic(), 0.0))
     # An exit hook that runs after this one (registered before forkwait was imported)
-    # may still fork: the shared pools start workers for it again.
+    # may still fork: the shared pools start workers for it again (and the watchdog, one
+    # beyond a module pool whose threads are all in abandoned calls).
     pool.reopen()
     if _shared_module_pool is not None:
         _shared_module_pool.reopen()
@@ -392,12 +478,17 @@ def all_pools() -> list[WorkerPool]:
 
 
 def _reset_after_fork() -> None:
-    # The parent's loops and their workers do not exist in the child.
+    # The parent's loops, their workers and the watchdog do not exist in the child.
+    global _shared_module_pool, _watch_lock, _watching
     _loop_pools.clear()
+    for each in _module_pools.values():
+        each._reset()  # a worker that forked the process stops serving it in the child
     _module_pools.clear()
+    _shared_module_pool = None  # made again on first use, with the child's settings
     pool._reset()
-    if _shared_module_pool is not None:
-        _shared_module_pool._reset()
+    _watched.clear()
+    _watch_lock = threading.Lock()
+    _watching = False
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
