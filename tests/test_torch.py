@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -244,6 +245,99 @@ def test_a_module_blocked_on_a_coroutine_that_forks_a_module_finishes() -> None:
         return await asyncio.gather(*[fork(Bridge(loop), torch.zeros(1)) for _ in range(count)])
 
     assert [float(v) for v in asyncio.run(main())] == [1.0] * torch.get_num_interop_threads()
+
+
+class Gate(nn.Module):
+    """A module that blocks, on something forkwait cannot see, until ``opened`` is set."""
+
+    def __init__(self, opened: threading.Event, entered: threading.Semaphore) -> None:
+        super().__init__()
+        self.opened = opened
+        self.entered = entered
+
+    def forward(self) -> bool:
+        self.entered.release()
+        return self.opened.wait(30)
+
+
+class Opener(nn.Module):
+    def __init__(self, opened: threading.Event) -> None:
+        super().__init__()
+        self.opened = opened
+
+    def forward(self) -> bool:
+        self.opened.set()
+        return True
+
+
+def block_module_threads() -> tuple[threading.Event, list[forkwait.Future[bool]]]:
+    """Fill the module threads of this thread's host with calls that block until opened."""
+    opened = threading.Event()
+    entered = threading.Semaphore(0)
+    count = torch.get_num_interop_threads()
+    gates = [fork(Gate(opened, entered)) for _ in range(count)]
+    for _ in range(count):
+        assert entered.acquire(timeout=10)  # in async code too: they run in threads
+    return opened, gates
+
+
+def test_calls_run_inline_or_cancelled_do_not_hold_up_the_watchdog() -> None:
+    """The queue keeps calls that their waiters ran, or that were cancelled: the thread
+    the watchdog starts skips them, rather than leave after one of them each period."""
+    opened, gates = block_module_threads()
+    for i in range(20):
+        wait(fork(nn.Identity(), torch.full((1,), i)))  # run here: none is free
+        fork(nn.Identity(), torch.zeros(1)).cancel()
+    assert wait(fork(Opener(opened)), timeout=5)  # 20 periods of 0.25 s before
+    assert forkwait.wait_all(gates, timeout=10) == [True] * len(gates)
+
+
+@pytest.mark.asyncio
+async def test_the_thread_the_watchdog_starts_stays_while_calls_are_queued() -> None:
+    """Rather than leave after one call, and have each next one wait for another."""
+    opened, gates = block_module_threads()
+    outs = await asyncio.wait_for(
+        asyncio.gather(*[fork(nn.Identity(), torch.full((1,), i)) for i in range(30)]), 5
+    )
+    assert [float(out) for out in outs] == list(range(30))
+    opened.set()
+    assert await forkwait.wait_all(gates, timeout=10) == [True] * len(gates)
+
+
+def test_a_call_left_by_a_worker_over_the_limit_is_watched() -> None:
+    """Workers that come back from a wait exceed the limit, and idle ones retire; the
+    call one of them was handed stays queued, where the watchdog must see it."""
+    count = torch.get_num_interop_threads()
+    back = threading.Semaphore(0)
+    handed = queue.Queue[int]()
+    slept = threading.Event()
+
+    async def sleeping() -> bool:  # on the runtime's loop: its waiter cannot run it
+        return await asyncio.to_thread(slept.wait, 10)
+
+    class Returning(nn.Module):
+        def forward(self) -> int:
+            assert wait(fork(sleeping))  # its thread gives its slot back meanwhile
+            back.release()
+            return handed.get(timeout=20)
+
+    class Feeder(nn.Module):
+        def forward(self) -> bool:
+            for i in range(count):
+                handed.put(i)
+            return True
+
+    async def more_modules() -> list[Tensor]:  # awaited, so they run in new threads
+        return await asyncio.gather(*[fork(nn.Identity(), torch.zeros(1)) for _ in range(count)])
+
+    returning = [fork(Returning()) for _ in range(count)]
+    assert len(wait(fork(more_modules))) == count  # their threads now idle
+    slept.set()
+    for _ in range(count):
+        assert back.acquire(timeout=10)
+    feeder = fork(Feeder())  # handed to an idle worker that is over the limit
+    assert sorted(forkwait.wait_all(returning, timeout=10)) == list(range(count))
+    assert wait(feeder)
 
 
 def test_nested_module_forks_finish_with_few_threads(max_threads: Any) -> None:

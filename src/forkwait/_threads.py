@@ -198,7 +198,8 @@ class WorkerPool:
             except IndexError:
                 pass
         if self._running < self._limit:
-            self._grow()
+            if not self._grow() and self.watched:  # another submitter took the slot
+                _watch(self)
         elif self.watched:
             _watch(self)
 
@@ -235,6 +236,8 @@ class WorkerPool:
                     self._running += 1
                 return False
             self._wake_idle()  # over the limit: leave the job to a worker that stays
+            if self.watched:  # and if none is idle, to the watchdog's
+                _watch(self)
         return True
 
     def _wake_idle(self) -> None:
@@ -246,7 +249,8 @@ class WorkerPool:
 
     def _work(self, starved: bool = False) -> None:
         """Take and run calls; ``starved``: started by the watchdog beyond the limit, so
-        take one call before leaving for it."""
+        stay, whatever the limit, until no call is queued (the threads it stands in for
+        may be blocked for long)."""
         thread_state.worker = self
         jobs = self._jobs
         parked = self._parked
@@ -263,8 +267,8 @@ class WorkerPool:
                 fut = jobs.popleft() if jobs else None  # test first: raising costs more
             except IndexError:  # another worker took the last one between the two
                 fut = None
-            starved = False
             if fut is None:
+                starved = False  # the backlog it was started for is gone: a worker as any
                 parked.append(wake)
                 if jobs:  # a job came before we were visible as idle: stay awake
                     self._unpark(wake)

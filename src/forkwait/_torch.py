@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
+from types import FunctionType, MethodType
 from typing import Any
 
 _modules = sys.modules
@@ -86,25 +87,24 @@ _MAX_WRAPPERS = 64
 _module_type: type | None = None
 
 
-def is_module_call(func: object) -> bool:
+def is_module_call(func: object, depth: int = 0) -> bool:
     """Whether ``func`` is a ``torch.nn.Module`` or a method of one, also as wrapped by a
-    scope or a trace (their wrappers set ``__wrapped__``)."""
+    scope or a trace (plain functions that set ``__wrapped__``). About 0.2 us."""
     global _module_type
     module_type = _module_type
     if module_type is None:
         module_type = _module_type = getattr(_modules.get("torch.nn"), "Module", None)
         if module_type is None:  # torch is still being imported, in another thread
             return False
-    for _ in range(_MAX_WRAPPERS + 1):
-        # Module first: a module's own getattr of a missing name is slow.
-        if isinstance(func, module_type) or isinstance(
-            getattr(func, "__self__", None), module_type
-        ):
-            return True
-        func = getattr(func, "__wrapped__", None)
-        if func is None:
-            return False
-    return False
+    if isinstance(func, module_type):
+        return True
+    kind = type(func)
+    if kind is MethodType:
+        return isinstance(func.__self__, module_type)  # type: ignore[attr-defined]
+    if kind is not FunctionType or depth == _MAX_WRAPPERS:  # a partial, a builtin, ...
+        return False
+    wrapped = getattr(func, "__wrapped__", None)
+    return wrapped is not None and is_module_call(wrapped, depth + 1)
 
 
 def interop_threads() -> int:
