@@ -360,35 +360,33 @@ def test_nested_module_forks_finish_with_few_threads(max_threads: Any) -> None:
     assert float(asyncio.run(handler())) == 15.0
 
 
-def test_an_exit_hook_can_still_fork_a_module() -> None:
-    """forkwait's exit hook lets the module threads go; a later hook gets them back."""
-    result = run_script(
-        """
-        import atexit
-        import torch
-
-        def flush():
-            from forkwait import fork, wait
-
-            async def awaited():  # so no waiter can run it inline
-                return await fork(torch.nn.Identity(), torch.ones(1))
-
-            print(float(wait(fork(awaited), timeout=20)))
-
-        atexit.register(flush)
-
-        from forkwait import fork, wait
-
+# What the main program does before exit: a module forked and waited on, so its
+# thread is idle; or modules stuck in calls that exit abandons, holding every thread.
+_BEFORE_EXIT = {
+    "idle": """
         print(float(wait(fork(torch.nn.Identity(), torch.ones(1)))))
-        """,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "1.0\n1.0\n"
+    """,
+    "stuck": """
+        never = threading.Event()
+        entered = threading.Semaphore(0)
+
+        class Stuck(torch.nn.Module):
+            def forward(self, x):
+                entered.release()
+                never.wait()
+
+        for _ in range(torch.get_num_interop_threads()):
+            fork(Stuck(), torch.ones(1))
+        for _ in range(torch.get_num_interop_threads()):
+            assert entered.acquire(timeout=10)
+    """,
+}
 
 
-def test_an_exit_hook_can_fork_a_module_while_modules_are_stuck_in_calls() -> None:
-    """The abandoned calls keep their threads; the watchdog starts one for the hook."""
+@pytest.mark.parametrize("threads", ["idle", "stuck"])
+def test_an_exit_hook_can_still_fork_a_module(threads: str) -> None:
+    """forkwait's exit hook lets the module threads go, and a later hook gets them back;
+    abandoned calls keep theirs, and the watchdog starts one for the hook."""
     result = run_script(
         """
         import atexit
@@ -405,25 +403,13 @@ def test_an_exit_hook_can_fork_a_module_while_modules_are_stuck_in_calls() -> No
 
         atexit.register(flush)
 
-        from forkwait import fork
-
-        never = threading.Event()
-        entered = threading.Semaphore(0)
-
-        class Stuck(torch.nn.Module):
-            def forward(self, x):
-                entered.release()
-                never.wait()
-
-        for _ in range(torch.get_num_interop_threads()):
-            fork(Stuck(), torch.ones(1))
-        for _ in range(torch.get_num_interop_threads()):
-            assert entered.acquire(timeout=10)
-        """,
+        from forkwait import fork, wait
+        """
+        + _BEFORE_EXIT[threads],
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "1.0\n"
+    assert result.stdout == ("1.0\n1.0\n" if threads == "idle" else "1.0\n")
 
 
 def test_module_threads_follow_torch_and_configure_also_in_a_child_of_os_fork() -> None:
