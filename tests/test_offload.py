@@ -50,6 +50,9 @@ def _stop_the_pool_after() -> Iterator[None]:
 def one_process() -> Iterator[None]:
     """A pool of one worker process for one test (a fresh pool), restored after."""
     before = forkwait.configure().max_processes
+    # A fresh pool indeed: a worker an earlier test left starting would join this one's
+    # and, over the limit of one, retire the idle worker a test's call was to go to.
+    processes.stop()
     forkwait.configure(max_processes=1)
     yield
     forkwait.configure(max_processes=before)
