@@ -97,8 +97,12 @@ def test_forked_module_method_takes_keywords() -> None:
 def test_as_many_modules_run_at_once_as_torch_has_interop_threads() -> None:
     """Forked modules are all inside forward at the same time (threads, not a queue), as
     many as torch.jit.fork runs at once."""
-    count = torch.get_num_interop_threads()
-    barrier = threading.Barrier(count, timeout=10)
+    fork_modules_that_meet(torch.get_num_interop_threads())
+
+
+def fork_modules_that_meet(count: int) -> None:
+    """Fork ``count`` modules that each wait at one barrier until all of them are there."""
+    barrier = threading.Barrier(count, timeout=20)
 
     class Meeting(nn.Module):
         def forward(self, x: Tensor) -> Tensor:
@@ -207,16 +211,7 @@ async def test_modules_forked_from_async_code_share_torch_interop_threads() -> N
 def test_modules_that_wait_for_each_other_get_threads_beyond_interop_threads() -> None:
     """A module may block on something forkwait cannot see (here a barrier): when the
     oldest queued module waits with no thread taking it, the watchdog starts one more."""
-    count = torch.get_num_interop_threads() + 2
-    barrier = threading.Barrier(count, timeout=20)
-
-    class Meeting(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            barrier.wait()  # raises BrokenBarrierError unless all of them run at once
-            return x + 1
-
-    futs = [fork(Meeting(), torch.zeros(1)) for _ in range(count)]
-    assert [float(v) for v in forkwait.wait_all(futs)] == [1.0] * count
+    fork_modules_that_meet(torch.get_num_interop_threads() + 2)
     for thread in threading.enumerate():
         if thread.name == "forkwait-watchdog":
             thread.join(10)  # nothing is queued now: it leaves
