@@ -189,6 +189,110 @@ def test_the_child_of_os_fork_can_fork_and_wait() -> None:
     assert "child exit 0" in result.stdout, result.stderr
 
 
+def test_the_child_of_os_fork_is_told_that_a_call_running_in_the_parent_never_finishes() -> None:
+    """A sync call running in a worker thread and a task on the default runtime, when
+    os.fork() copies the process: in the child their threads do not exist, so a wait
+    there raises at once instead of blocking for good. The parent gets both outcomes."""
+    result = run_script(
+        """
+        import asyncio, os, sys, threading
+        from forkwait import fork, wait
+
+        running, gate = threading.Semaphore(0), threading.Event()
+
+        def load():
+            running.release()
+            gate.wait()
+            return "loaded"
+
+        async def aload():
+            running.release()
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait)
+            return "aloaded"
+
+        futs = [fork(load), fork(aload)]
+        running.acquire()
+        running.acquire()
+        pid = os.fork()
+        if pid == 0:
+            said = []
+            for fut in futs:
+                try:
+                    said.append(f"value {wait(fut, timeout=10)!r}")
+                except RuntimeError as exc:
+                    said.append(str(exc))
+                except BaseException as exc:
+                    said.append(repr(exc))
+
+            async def awaits():
+                try:
+                    await futs[0]
+                except RuntimeError as exc:  # the same error, now the future's outcome
+                    return str(exc)
+
+            said.append(asyncio.run(awaits()))
+            print("\\n".join(said), flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        gate.set()
+        print("parent:", wait(futs[0]), wait(futs[1]), os.waitstatus_to_exitcode(status))
+        """,
+        timeout=40,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "parent: loaded aloaded 0", result.stdout + result.stderr
+    told = lines[:-1]
+    assert len(told) == 3, result.stdout + result.stderr
+    assert told[0].startswith(
+        "fork(load) can never finish in this process: it was running "
+        "in another thread when os.fork() made this process"
+    ), told[0]
+    assert told[1].startswith(
+        "fork(aload) can never finish in this process: its task was "
+        "running on the default runtime's event loop"
+    ), told[1]
+    assert told[2] == told[0]
+    assert "wait for it before forking" in told[0]
+
+
+def test_the_child_of_os_fork_runs_a_call_still_queued_in_the_parent_once_awaited() -> None:
+    """A call queued for the parent's busy worker is not in any queue of the child: the
+    child's first wait queues it there, so an await and a wait with a timeout (neither
+    of which runs it inline) get its value."""
+    result = run_script(
+        """
+        import asyncio, os, threading
+        import forkwait
+        from forkwait import fork, wait
+
+        forkwait.configure(max_threads=1)
+        running, gate = threading.Event(), threading.Event()
+
+        def busy():
+            running.set()
+            gate.wait()
+
+        fork(busy)
+        running.wait()
+        queued = [fork(abs, -7), fork(abs, -8)]
+        pid = os.fork()
+        if pid == 0:
+            async def awaits():
+                return await asyncio.wait_for(queued[0], 10)
+
+            print(asyncio.run(awaits()), wait(queued[1], timeout=10), flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        gate.set()
+        print("parent:", wait(queued[0]), wait(queued[1]), os.waitstatus_to_exitcode(status))
+        """,
+        timeout=40,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["7 8", "parent: 7 8 0"], result.stdout + result.stderr
+
+
 def test_configure_loop_asyncio_switches_the_default_runtime() -> None:
     """configure(loop="asyncio") before the first fork gives a plain asyncio loop."""
     result = run_script(

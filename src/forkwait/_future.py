@@ -22,7 +22,7 @@ from ._hosts import (
     OnItsWay,
     Remote,
     Slot,
-    abandon_if_its_loop_closed,
+    abandon_if_it_cannot_finish,
     take,
     thread_state,
     trio_token,
@@ -320,7 +320,7 @@ class Future(Generic[T]):
     def _wait_after_the_turn(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
         """The task did not finish in its first step: wait for it through a waiter."""
         _refuse_awaiting_itself(self, loop)
-        abandon_if_its_loop_closed(self)  # a task of another, closed loop never finishes
+        abandon_if_it_cannot_finish(self)  # a task of a closed loop never finishes, say
         waiter: asyncio.Future[T] = loop.create_future()
         if not self._add_waiter(waiter):
             return self._outcome()
@@ -344,7 +344,7 @@ class Future(Generic[T]):
     def _wait_on(self, loop: asyncio.AbstractEventLoop) -> Generator[Any, None, T]:
         """Await the outcome through a waiter future of ``loop``."""
         _refuse_awaiting_itself(self, loop)
-        abandon_if_its_loop_closed(self)
+        abandon_if_it_cannot_finish(self)
         waiter: asyncio.Future[T] = loop.create_future()
         observer = get_observer()
         if observer is not None:

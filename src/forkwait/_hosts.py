@@ -13,6 +13,7 @@ import contextvars
 import os
 import sys
 import threading
+import weakref
 from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -191,27 +192,59 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
 
 _settling_orphans = threading.Lock()
 
+#: In a child of ``os.fork()``: the futures of the sync calls that were running in the
+#: parent's other threads, or queued for its workers. Neither the threads nor their
+#: queues exist here: a running call fails when somebody here waits on it, and a queued
+#: one is queued again here (see _threads._note_running_calls).
+stranded_calls: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
 
-def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
-    """A task whose event loop was closed before it finished never will: fail its
-    future with an error that says so, rather than leave its waiters blocked for good."""
+_ONLY_THE_PARENT = (
+    "only the parent process gets its outcome; wait for it before forking the process "
+    "(or use multiprocessing's 'spawn' or 'forkserver' start method), or fork the call "
+    "again in this process"
+)
+
+
+def abandon_if_it_cannot_finish(fut: Future[Any]) -> None:
+    """A call that can never finish (its event loop was closed first, or it runs in the
+    parent of this child of ``os.fork()``): fail its future with an error that says so,
+    rather than leave its waiters blocked for good."""
     handle: Any = fut._handle
     if isinstance(handle, (Slot, OnItsWay)):
         _abandon_if_never_started(fut, handle)
         return
-    if not isinstance(handle, asyncio.Task) or not handle.get_loop().is_closed():
-        return
-    with _settling_orphans:  # two waiters may find it at once; one settles it
-        if fut._state >= DONE:
+    if stranded_calls and fut in stranded_calls:
+        stranded_calls.discard(fut)
+        if fut._state == QUEUED:  # no worker here knows of it: queue it for one
+            from ._threads import pool
+
+            pool.submit(fut)
             return
-        fut._set_exception(
-            RuntimeError(
-                f"fork({describe(fut._func)}) can never finish: the event loop running its "
-                f"task was closed before the task ended (asyncio.run() and anyio.run() end "
-                f"the tasks they find when the main coroutine returns, but not one forked "
-                f"into the loop after that, and a loop closed by hand ends none)"
-            )
+        _abandon(
+            fut,
+            f"fork({describe(fut._func)}) can never finish in this process: it was running "
+            f"in another thread when os.fork() made this process, and {_ONLY_THE_PARENT}",
         )
+        return
+    if not isinstance(handle, asyncio.Task):
+        return
+    loop = handle.get_loop()
+    if loop.is_closed():
+        why = (
+            f"fork({describe(fut._func)}) can never finish: the event loop running its "
+            f"task was closed before the task ended (asyncio.run() and anyio.run() end "
+            f"the tasks they find when the main coroutine returns, but not one forked "
+            f"into the loop after that, and a loop closed by hand ends none)"
+        )
+    elif runtime.stranded(loop):
+        why = (
+            f"fork({describe(fut._func)}) can never finish in this process: its task was "
+            f"running on the default runtime's event loop when os.fork() made this "
+            f"process, and {_ONLY_THE_PARENT}"
+        )
+    else:
+        return
+    if _abandon(fut, why):
         # The waiters hear of it from this error: asyncio need not also log the task
         # as "destroyed but pending" when it goes.
         with contextlib.suppress(AttributeError):
@@ -221,12 +254,30 @@ def abandon_if_its_loop_closed(fut: Future[Any]) -> None:
         fut._handle = None
 
 
+def _abandon(fut: Future[Any], why: str) -> bool:
+    """Fail ``fut`` with ``RuntimeError(why)``; ``False`` if it finished first."""
+    with _settling_orphans:  # two waiters may find it at once; one settles it
+        if fut._state >= DONE:
+            return False
+        fut._set_exception(RuntimeError(why))
+        return True
+
+
 def _abandon_if_never_started(fut: Future[Any], handle: Slot | OnItsWay) -> None:
-    """A coroutine handed to an event loop that closed before it made the task."""
+    """A coroutine handed to an event loop that closed before it made the task, or
+    that runs only in the parent of this child of ``os.fork()``."""
     loop = handle.loop
-    if not isinstance(loop, asyncio.AbstractEventLoop) or not loop.is_closed():
+    if not isinstance(loop, asyncio.AbstractEventLoop):
         return
-    why = f"its event loop {loop!r} was closed before it started the task"
+    if loop.is_closed():
+        why = f"its event loop {loop!r} was closed before it started the task"
+    elif runtime.stranded(loop):
+        why = (
+            f"it was on its way to the default runtime's event loop when os.fork() made "
+            f"this process, and {_ONLY_THE_PARENT}"
+        )
+    else:
+        return
     if isinstance(handle, Slot):
         if fut._state == QUEUED:
             queued = take(fut)

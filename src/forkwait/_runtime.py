@@ -38,7 +38,7 @@ def _new_loop(name: str) -> asyncio.AbstractEventLoop:
 class DefaultRuntime:
     """Owns the background loop and its thread."""
 
-    __slots__ = ("_abandoned", "_atexit", "_lock", "_loop", "_loop_name", "_thread")
+    __slots__ = ("_abandoned", "_atexit", "_lock", "_loop", "_loop_name", "_stranded", "_thread")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -48,6 +48,8 @@ class DefaultRuntime:
         # Loops inherited through os.fork: kept referenced, never run or closed, so
         # that collecting them does not warn about an unclosed loop in the child.
         self._abandoned: list[Any] = []
+        # Of those, the loops whose thread the child has not: their tasks never finish.
+        self._stranded: list[Any] = []
         self._atexit = False
         os.register_at_fork(after_in_child=self._forget_after_fork)
 
@@ -128,10 +130,17 @@ class DefaultRuntime:
             return
         thread.join(timeout=_EXIT_GRACE_SECONDS + 5.0)
 
+    def stranded(self, loop: object) -> bool:
+        """Whether ``loop`` ran in a thread of the parent that ``os.fork()`` copied this
+        process from: none of its tasks will ever run here."""
+        return loop in self._stranded
+
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()
         if self._loop is not None:
             self._abandoned.append(self._loop)
+            if self._thread is not threading.current_thread():  # else it runs on here
+                self._stranded.append(self._loop)
         self._loop = self._thread = None
         self._loop_name = None
 

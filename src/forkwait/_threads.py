@@ -41,10 +41,11 @@ from ._hosts import (
     Host,
     HostedTask,
     Members,
-    abandon_if_its_loop_closed,
+    abandon_if_it_cannot_finish,
     call_frame,
     get_call_frame,
     spawn,
+    stranded_calls,
     take,
     thread_state,
     trio_token,
@@ -493,9 +494,35 @@ def _reset_after_fork() -> None:
     _watched.clear()
     _watch_lock = threading.Lock()
     _watching = False
+    stranded_calls.update(_running_elsewhere)  # noted by _note_running_calls
+    _running_elsewhere.clear()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+def _note_running_calls() -> None:
+    """Before ``os.fork()``: note the sync calls running in other threads, and those
+    queued for workers, which the child will not have (see ``stranded_calls``). The
+    forking thread's calls go on in the child."""
+    for each_pool in all_pools():  # its deque also holds calls taken meanwhile
+        _running_elsewhere.extend(fut for fut in each_pool._jobs if fut._state == QUEUED)
+    here = threading.get_ident()
+    code = run_call.__code__
+    for ident, frame in sys._current_frames().items():
+        if ident == here:
+            continue
+        each: Any = frame
+        while each is not None:
+            if each.f_code is code:
+                _running_elsewhere.append(each.f_locals["fut"])
+            each = each.f_back
+
+
+_running_elsewhere: list[Future[Any]] = []
+
+os.register_at_fork(
+    before=_note_running_calls,
+    after_in_parent=_running_elsewhere.clear,
+    after_in_child=_reset_after_fork,
+)
 
 
 def seconds(timeout: object, api: str) -> float | None:
@@ -714,7 +741,7 @@ def refuse_hopeless_wait(fut: Future[Any]) -> None:
             f"fork({describe(fut._func)}) waits on its own future from inside the call: "
             f"it would wait forever; return the value instead of waiting for it"
         )
-    abandon_if_its_loop_closed(fut)
+    abandon_if_it_cannot_finish(fut)
 
 
 def _scope_cancelled(fut: Future[Any]) -> BaseException:
@@ -735,7 +762,7 @@ def _wait_for_member(member: Future[Any], collected: Future[Any]) -> None:
         and member._state >= DONE
     ):
         return
-    abandon_if_its_loop_closed(member)
+    abandon_if_it_cannot_finish(member)
     wake = _WakeOnce(retrieving=False)
     if not member._add_waiter(wake):
         return
