@@ -815,6 +815,57 @@ def test_a_child_of_os_fork_uses_a_pool_of_its_own(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == ["parent 9", "child 16", "child exit 0"]
 
 
+def meet_through_fifos(started: str, release: str) -> str:
+    """Say it started through one FIFO, then return what comes through the other."""
+    with open(started, "w") as out:
+        out.write("started")
+    with open(release) as into:
+        return into.read()
+
+
+def test_a_child_of_os_fork_is_told_that_a_call_the_parent_offloaded_never_finishes(
+    tmp_path: Path,
+) -> None:
+    """The parent's reader of outcomes is not in the child: a wait there raises at once
+    instead of blocking for good. The parent still gets the outcome."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    os.mkfifo(started)
+    os.mkfifo(release)
+    result = run_script(
+        f"""
+        import os
+        import forkwait
+        from forkwait import fork, wait
+        from tests.test_offload import meet_through_fifos
+
+        if __name__ == "__main__":
+            with forkwait.offload("processes"):
+                fut = fork(meet_through_fifos, {str(started)!r}, {str(release)!r})
+            with open({str(started)!r}) as into:
+                into.read()  # the call runs in a worker process
+            child = os.fork()
+            if child == 0:
+                try:
+                    print("child got", wait(fut, timeout=30), flush=True)
+                except RuntimeError as exc:
+                    print(exc, flush=True)
+                os._exit(0)
+            _, status = os.waitpid(child, 0)
+            with open({str(release)!r}, "w") as out:
+                out.write("released")
+            print("parent", wait(fut, timeout=30), os.waitstatus_to_exitcode(status))
+        """,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    told, parent = result.stdout.splitlines()
+    assert told.startswith(
+        "fork(meet_through_fifos) can never finish in this process: it was offloaded"
+    ), told
+    assert parent == "parent released 0"
+
+
 class _Logged(logging.Handler):
     """Sets ``seen`` once a record whose message contains ``text`` is logged."""
 

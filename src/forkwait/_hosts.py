@@ -226,6 +226,15 @@ def abandon_if_it_cannot_finish(fut: Future[Any]) -> None:
             f"in another thread when os.fork() made this process, and {_ONLY_THE_PARENT}",
         )
         return
+    if isinstance(handle, Remote):
+        if handle.pid != os.getpid():
+            _abandon(
+                fut,
+                f"fork({describe(fut._func)}) can never finish in this process: it was "
+                f"offloaded (to a worker process or a Dask cluster) when os.fork() made this "
+                f"process, and {_ONLY_THE_PARENT}",
+            )
+        return
     if not isinstance(handle, asyncio.Task):
         return
     loop = handle.get_loop()
@@ -370,11 +379,13 @@ class HostedTask:
 class Remote:
     """An offloaded call's handle: another process, or a Dask worker, runs it."""
 
-    __slots__ = ("ran",)
+    __slots__ = ("pid", "ran")
 
     def __init__(self) -> None:
         #: Where and when it ran (a ``_payload.Ran``), once it has.
         self.ran: Any = None
+        #: The process that sent it, and so gets its outcome: not a child of os.fork().
+        self.pid = os.getpid()
 
     def cancel(self) -> bool:
         """Cancel it where it runs: ``True`` if it will not produce a value."""
