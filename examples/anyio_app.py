@@ -14,7 +14,6 @@ import argparse
 import time
 
 import anyio
-import sniffio
 
 import forkwait
 from forkwait import fork, wait
@@ -39,8 +38,8 @@ async def refuse(name: str) -> None:
     raise ValueError(f"{name} was refused")
 
 
-async def main() -> None:
-    print(f"running on {sniffio.current_async_library()}")
+async def main(backend: str) -> None:
+    print(f"running on {backend}")
 
     # 1. Forks attached to the app's own task group live and die with it.
     start = time.perf_counter()
@@ -77,4 +76,5 @@ async def main() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    anyio.run(main, backend=parser.parse_args().backend)
+    backend = parser.parse_args().backend
+    anyio.run(main, backend, backend=backend)

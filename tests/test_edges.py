@@ -326,3 +326,18 @@ def test_cancel_in_the_loops_own_thread_reaches_a_coroutine_on_its_way() -> None
 
     asyncio.run(main())
     assert not ran
+
+
+# -- asyncio.wait ---------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_asyncio_wait_on_a_fork_is_refused_at_once_rather_than_hanging() -> None:
+    """asyncio.wait() adds its callback to the future itself, and it would run in the
+    worker thread, which cannot wake the loop; wrapped in tasks, the forks work."""
+    futs = [fork(sum, range(10)), fork(sum, range(100))]
+    with pytest.raises(TypeError, match=r"asyncio\.wait\(\) takes asyncio futures.*ensure_future"):
+        await asyncio.wait(futs)
+    done, pending = await asyncio.wait([asyncio.ensure_future(fut) for fut in futs])
+    assert sorted(task.result() for task in done) == [45, 4950]
+    assert not pending

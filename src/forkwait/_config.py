@@ -93,7 +93,7 @@ def configure(
     limit does (sync code and the default runtime share one limit; a worker blocked in
     ``wait`` does not count, and a thread waiting on a call that has not started runs it
     itself); it takes effect at once. ``loop`` (``"uvloop"`` or ``"asyncio"``) must be
-    chosen before the default runtime starts, on the first fork from plain sync code.
+    chosen before the default runtime starts: when plain sync code first forks a coroutine.
     ``max_processes`` sizes the process pool (one process per core by default); a lower
     limit lets idle workers go, a higher one starts more. ``offload`` is where sync calls forked
     outside any ``forkwait.offload()`` run: ``"threads"`` (the default), ``"processes"``,

@@ -235,7 +235,10 @@ class Future(Generic[T]):
         return self._outcome()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """Block until the call finishes; its exception, or ``None`` if it returned."""
+        """Block until the call finishes; its exception, or ``None`` if it returned.
+
+        Raises ``forkwait.CancelledError`` if the call was cancelled, as asyncio does.
+        """
         if timeout is not None:
             timeout = seconds(timeout, "Future.exception")
         if self._state < DONE:
@@ -423,6 +426,14 @@ class Future(Generic[T]):
         """
         if not callable(fn):
             raise TypeError(f"add_done_callback() expects a callable taking the future, got {fn!r}")
+        if getattr(fn, "__module__", None) == "asyncio.tasks":
+            # asyncio.wait(): its callback would run in a worker thread, where it cannot
+            # wake the loop, so the wait would hang.
+            raise TypeError(
+                f"asyncio.wait() takes asyncio futures and tasks, not {self!r}; pass "
+                f"asyncio.ensure_future(fut) for each (a task of the running loop that "
+                f"awaits it), or use asyncio.gather(*futs) or forkwait.wait_all(futs)"
+            )
         if not self._add_waiter(fn):
             _run_callback(fn, self)
 

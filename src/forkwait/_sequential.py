@@ -196,8 +196,9 @@ async def _await(awaitable: Any) -> Any:
 @contextmanager
 def sequential() -> Generator[Sequential]:
     """Run the calls forked inside one at a time, in fork order, each before ``fork``
-    returns (sync calls in the forking thread): for deterministic debugging, with the
-    values and exceptions of parallel mode. ::
+    returns (sync calls in the forking thread; from async code, coroutines run as tasks
+    one after another): for deterministic debugging, with the values and exceptions of
+    parallel mode. ::
 
         with forkwait.sequential():
             result = main()      # every fork in main() runs at once, in order

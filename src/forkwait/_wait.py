@@ -194,7 +194,7 @@ def collect_all(futures: Iterable[Future[T]]) -> Future[list[Future[T]]]:
     future leaves the others running. ::
 
         done = collect_all([fork(load, p) for p in paths]).wait()
-        loaded = [f.value() for f in done if f.exception() is None]
+        loaded = [f.value() for f in done if not f.cancelled() and f.exception() is None]
     """
     futs = list(futures)
     for fut in futs:
