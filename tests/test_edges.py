@@ -235,9 +235,14 @@ def test_a_failure_after_ctrl_c_ended_the_wait_is_reported(
         _until(lambda: bool(box[0]._waiters))
         signal.pthread_kill(main, signal.SIGINT)  # Ctrl-C, to the thread blocked in wait
 
-    threading.Thread(target=interrupt_once_blocked, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        wait(fut)
+    # Ctrl-C raises KeyboardInterrupt even if the runner was started with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_once_blocked, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            wait(fut)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     with caplog.at_level(logging.WARNING, logger="forkwait"):
         release.set()
         _until(fut.done)

@@ -880,7 +880,7 @@ class _Logged(logging.Handler):
 
 
 def test_a_worker_that_cannot_start_is_logged_and_the_call_still_runs(
-    monkeypatch: pytest.MonkeyPatch, one_process: None
+    monkeypatch: pytest.MonkeyPatch, one_process: None, tmp_path: Path
 ) -> None:
     """Say the system is out of file descriptors for a moment: fork must neither raise
     (the call would then run anyway) nor lose the call."""
@@ -903,13 +903,25 @@ def test_a_worker_that_cannot_start_is_logged_and_the_call_still_runs(
     logged = _Logged("could not start")
     logger = logging.getLogger("forkwait")
     logger.addHandler(logged)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    opener = threading.Thread(target=gate.write_text, args=("go",), daemon=True)
     try:
         with forkwait.offload("processes"):
-            futs = [fork(pid_and_square, i) for i in range(4)]  # the second start fails
-        assert [v for _, v in forkwait.wait_all(futs, timeout=30)] == [0, 1, 4, 9]
-        # The starter thread logs it in its own time: maybe after the calls are done.
+            # The blocker holds the one worker, so the calls after it queue and a second
+            # worker must start (the start that fails). Without it the worker could
+            # finish each call before the next fork: no start, nothing logged.
+            blocker = fork(read_fifo, str(gate))
+            futs = [fork(pid_and_square, i) for i in range(1, 4)]
+        # The starter thread logs it in its own time.
         assert logged.seen.wait(10)
+        opener.start()  # blocks until the blocker reads: it is running by now
+        assert wait(blocker, timeout=30) == "go"
+        assert [v for _, v in forkwait.wait_all(futs, timeout=30)] == [1, 4, 9]
     finally:
+        if opener.ident is None:
+            opener.start()  # never leave the worker blocked on the gate
+        opener.join(30)
         logger.removeHandler(logged)
 
 

@@ -199,9 +199,12 @@ def test_faults_in_callbacks_then_and_nested_forks_reach_someone(
 
 def test_sigint_interrupts_a_main_thread_blocked_in_wait() -> None:
     code = """
-        import threading, time
+        import signal, threading, time
         from forkwait import fork, wait
 
+        # Ctrl-C as in a terminal, even when the runner was started with SIGINT
+        # ignored (a background job of a script, nohup): the child inherits that.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         started = threading.Event()
 
         def forever():
@@ -232,6 +235,7 @@ def test_sigint_interrupts_a_main_thread_blocked_in_wait() -> None:
         out, err = process.communicate(timeout=20)
     finally:
         process.kill()
+        process.communicate()  # reap it and close its pipes, or a later test gets the warnings
     assert out == "interrupted\n", err
     assert process.returncode == 0, err
 
