@@ -208,7 +208,8 @@ _ONLY_THE_PARENT = (
 def abandon_if_it_cannot_finish(fut: Future[Any]) -> None:
     """A call that can never finish (its event loop was closed first, or it runs in the
     parent of this child of ``os.fork()``): fail its future with an error that says so,
-    rather than leave its waiters blocked for good."""
+    rather than leave its waiters blocked for good. A call that was only queued in the
+    parent is queued again here instead, as nothing else here would run it."""
     handle: Any = fut._handle
     if isinstance(handle, (Slot, OnItsWay)):
         _abandon_if_never_started(fut, handle)
