@@ -114,6 +114,18 @@ def raise_unpicklable() -> None:
     raise Unpicklable
 
 
+class NotFound(Exception):
+    """A common shape: __init__ takes other arguments than the message it passes on."""
+
+    def __init__(self, status: int, url: str) -> None:
+        super().__init__(f"{status} for {url}")
+        self.status = status
+
+
+def raise_not_found(url: str) -> None:
+    raise NotFound(404, url)
+
+
 def kill_myself() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -314,6 +326,18 @@ def test_an_exception_that_cannot_come_back_is_a_clear_error() -> None:
         fut = fork(raise_unpicklable)
     with pytest.raises(TypeError, match=r"exception raised by raise_unpicklable \(Unpicklable"):
         wait(fut)
+
+
+def test_an_exception_that_pickles_but_does_not_unpickle_keeps_its_message_and_traceback() -> None:
+    with forkwait.offload("processes"):
+        fut = fork(raise_not_found, "/a")
+    with pytest.raises(
+        TypeError,
+        match=r"exception raised by raise_not_found \(NotFound object: NotFound\('404 for /a'\)\) "
+        r"pickles but cannot be unpickled .*super\(\)\.__init__",
+    ) as caught:
+        wait(fut, timeout=30)
+    assert "in raise_not_found" in str(caught.value.__cause__)  # the worker's traceback
 
 
 def test_a_killed_worker_gives_the_waiter_an_error_and_the_next_fork_a_new_pool() -> None:

@@ -210,6 +210,63 @@ def test_a_sequential_run_inside_a_trace_records_every_call() -> None:
     assert {w.call for w in tr.waits} == {1, 2}
 
 
+def test_nested_traces_each_number_their_own_calls() -> None:
+    """As under `python -m forkwait trace` of a script that traces: each trace's parents
+    are its own calls."""
+
+    def total(n: int) -> int:
+        return sum(forkwait.wait_all([fork(abs, -i) for i in range(n)]))
+
+    with forkwait.trace() as outer:
+        wait(fork(abs, 0))  # so that the two traces number the same call differently
+        with forkwait.trace() as inner:
+            assert wait(fork(total, 3)) == 3
+    assert [(c.id, c.parent) for c in inner.calls] == [(1, None), (2, 1), (3, 1), (4, 1)]
+    assert [(c.id, c.parent) for c in outer.calls] == [
+        (1, None),
+        (2, None),
+        (3, 2),
+        (4, 2),
+        (5, 2),
+    ]
+    assert sorted((w.call, w.waiter or 0) for w in inner.waits) == [(1, 0), (2, 1), (3, 1), (4, 1)]
+    assert str(inner.graph).count("  fork #") == 3  # the three under total
+
+
+def test_a_fork_that_raises_is_recorded_with_what_it_raised() -> None:
+    """The next fork's record is its own (sequential mode forks inside a running call)."""
+
+    def parent() -> str:
+        with forkwait.offload("processes"), pytest.raises(TypeError, match="cannot be pickled"):
+            fork(abs, threading.Lock())
+        return "done"
+
+    with forkwait.trace() as tr, forkwait.sequential():
+        assert wait(fork(parent)) == "done"
+    outer, refused = tr.calls
+    assert (outer.name.rsplit(".", 1)[-1], outer.outcome) == ("parent", "value")
+    assert (refused.parent, refused.outcome, refused.started_at) == (outer.id, "exception", None)
+    assert refused.detail.startswith("TypeError at fork: fork(abs) cannot send argument 0")
+    assert [w.call for w in tr.waits] == [outer.id]
+
+
+def test_the_mermaid_node_of_a_call_still_running_says_so() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        release.wait(10)
+
+    with forkwait.trace() as tr:
+        fut = fork(busy)
+        assert started.wait(10)
+    try:
+        assert "sync · still running · pending" in tr.to_mermaid()
+    finally:
+        release.set()
+        wait(fut)
+
+
 def test_a_coroutine_a_sync_call_returns_is_part_of_that_call() -> None:
     """Its loop awaits it as the rest of the call (spec: a result is never a coroutine):
     the call ends with it, and its forks have the call as their parent."""

@@ -137,14 +137,18 @@ def _observed_fork(
     runner = observer.runner()
     if runner is None and not is_async:
         runner = settings.offload  # configure(offload=...): the call leaves this process
-    if runner is not None:  # sequential mode, or an offload target
-        fut: Future[Any] = runner.run(func, wrapped, args, kwargs, is_async)
-    else:
-        thread_state.observing = True  # the fork below is this one, not a new one to observe
-        try:
-            fut = fork(wrapped, *args, **kwargs)
-        finally:
-            thread_state.observing = False
+    try:
+        if runner is not None:  # sequential mode, or an offload target
+            fut: Future[Any] = runner.run(func, wrapped, args, kwargs, is_async)
+        else:
+            thread_state.observing = True  # the fork below is this one, not one to observe
+            try:
+                fut = fork(wrapped, *args, **kwargs)
+            finally:
+                thread_state.observing = False
+    except BaseException as exc:  # a call that cannot be pickled for its target, say
+        observer.not_created(exc)
+        raise
     observer.created(fut)
     return fut
 

@@ -41,6 +41,10 @@ class Observer:
         """``created``, for a fork that an observer installed inside this one claims."""
         self.created(fut)
 
+    def not_created(self, exc: BaseException) -> None:
+        """``fork`` raised ``exc`` after ``forked`` (a call that cannot be offloaded, say):
+        no future came of it."""
+
     def waiting(self, fut: Future[Any]) -> Callable[[], object] | None:
         """Someone starts waiting on ``fut``; the returned function runs when they stop."""
         return None
@@ -86,6 +90,10 @@ class Chain(Observer):
     def created_inside(self, fut: Future[Any]) -> None:
         self.outer.created_inside(fut)
         self.inner.created_inside(fut)
+
+    def not_created(self, exc: BaseException) -> None:
+        self.outer.not_created(exc)
+        self.inner.not_created(exc)
 
     def waiting(self, fut: Future[Any]) -> Callable[[], object] | None:
         stops = [stop for stop in (self.outer.waiting(fut), self.inner.waiting(fut)) if stop]

@@ -106,16 +106,30 @@ def run_packed(packed: bytes, where: str | None = None) -> bytes:
     except BaseException as exc:  # KeyboardInterrupt and SystemExit go to the waiter too
         outcome = (False, exc)
     ran = (where or f"process {os.getpid()}", started, time.time())
+    ok, value = outcome
+    pickled = False
     try:
-        return _dumps((*outcome, ran, _traceback_text(outcome)))
+        packed = _dumps((*outcome, ran, _traceback_text(outcome)))
+        pickled = True
+        if not ok:
+            # An exception pickles as its class and its args; one whose __init__ takes
+            # other arguments pickles but does not unpickle, and would come back as an
+            # error without its message or traceback. Failures are rare: check them.
+            pickle.loads(packed)
+        return packed
     except Exception as exc:
-        ok, value = outcome
         name = "unpacking the call" if func is None else describe(func)
         what = f"the value returned by {name}" if ok else f"the exception raised by {name}"
+        how = "pickles but cannot be unpickled" if pickled else "cannot be pickled"
+        fix = (
+            "return (or raise) something that pickles"
+            if ok or not pickled
+            else "pass all of the exception's __init__ arguments on to "
+            "super().__init__(...), or give it a __reduce__"
+        )
         refused = TypeError(
-            f"{what} ({type(value).__qualname__} object: {_shorten(value)}) cannot be "
-            f"pickled to come back from {ran[0]} ({type(exc).__name__}: {exc}); return "
-            f"(or raise) something that pickles"
+            f"{what} ({type(value).__qualname__} object: {_shorten(value)}) {how} to come "
+            f"back from {ran[0]} ({type(exc).__name__}: {exc}); {fix}"
         )
         return _dumps((False, refused, ran, _traceback_text(outcome)))
 

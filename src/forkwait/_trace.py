@@ -60,12 +60,6 @@ class Wait:
     ended_at: float | None = None
 
 
-#: The call running in this context: the parent of the forks it makes.
-_current_call: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "forkwait_traced_call", default=None
-)
-
-
 def _loop_name() -> str | None:
     import sys
     from asyncio import events
@@ -107,6 +101,13 @@ class Trace(Observer):
         self.ended_at: float | None = None
         #: The thread that entered the trace, running the traced code.
         self.thread = threading.current_thread().name
+        # The call of this trace running in this context: the parent of the forks it
+        # makes. One variable per trace, as traces nest (`python -m forkwait trace` of a
+        # script that traces) and each numbers its calls its own way. Set only while a
+        # call runs, so no context keeps it after the trace.
+        self._current_call: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+            "forkwait_traced_call", default=None
+        )
 
     def _now(self) -> float:
         return time.perf_counter() - self._origin
@@ -118,7 +119,7 @@ class Trace(Observer):
             call = Call(
                 id=len(self.calls) + 1,
                 name=describe(func),
-                parent=_current_call.get(),
+                parent=self._current_call.get(),
                 is_async=is_async,
                 forked_at=self._now(),
                 forked_in=threading.current_thread().name,
@@ -134,13 +135,19 @@ class Trace(Observer):
             call.future = fut
             self._by_future[id(fut)] = call
 
+    def not_created(self, exc: BaseException) -> None:
+        stack = self._pending.get(threading.get_ident())
+        call = stack.pop() if stack else None
+        if call is not None:  # it never ran: the trace shows what fork raised instead
+            call.outcome, call.detail = "exception", f"{type(exc).__name__} at fork: {exc}"
+
     def waiting(self, fut: Future[Any]) -> Callable[[], object] | None:
         call = self._by_future.get(id(fut))
         if call is None or call.future is not fut:
             return None  # a future forked outside the trace
         record = Wait(
             call=call.id,
-            waiter=_current_call.get(),
+            waiter=self._current_call.get(),
             thread=threading.current_thread().name,
             started_at=self._now(),
         )
@@ -153,15 +160,17 @@ class Trace(Observer):
         return stopped
 
     def _wrap(self, call: Call, func: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
+        current_call = self._current_call
+
         def begin() -> contextvars.Token[int | None]:
             call.started_at = self._now()
             call.thread = threading.current_thread().name
             call.loop = _loop_name()
-            return _current_call.set(call.id)
+            return current_call.set(call.id)
 
         def end(token: contextvars.Token[int | None]) -> None:
             call.ended_at = self._now()
-            _current_call.reset(token)
+            current_call.reset(token)
 
         if is_async:
 
@@ -188,11 +197,11 @@ class Trace(Observer):
                 # It returned an awaitable, which its loop awaits as the rest of the call
                 # (see run_call): the call ends, and its forks have it as their parent,
                 # until that is done.
-                _current_call.reset(token)
+                current_call.reset(token)
                 return traced_rest(result)
 
             async def traced_rest(awaitable: Awaitable[Any]) -> Any:
-                token = _current_call.set(call.id)
+                token = current_call.set(call.id)
                 try:
                     return await awaitable
                 finally:

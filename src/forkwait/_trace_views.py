@@ -177,11 +177,12 @@ def mermaid(trace: Trace) -> str:
 
     lines = ["flowchart TD", f'  root(["{ROOT}"])']
     for call in trace.calls:
-        duration = (
-            f"{_ms(call.ended_at - call.started_at)} ms"
-            if call.started_at is not None and call.ended_at is not None
-            else "never ran"
-        )
+        if call.started_at is None:
+            duration = "never ran"
+        elif call.ended_at is None:
+            duration = "still running"  # when the trace ended
+        else:
+            duration = f"{_ms(call.ended_at - call.started_at)} ms"
         kind = "async" if call.is_async else "sync"
         lines.append(
             f'  {node(call.id)}["{label(call.name)}<br/>{kind} · {duration} · '
