@@ -184,3 +184,50 @@ def test_waiting_on_a_cancelled_sync_future_from_another_thread(max_threads: Any
     assert isinstance(outcome[0], forkwait.CancelledError)
     gate.set()
     wait(blocker)
+
+
+@pytest.mark.anyio
+async def test_cancel_reaches_a_coroutine_on_its_way_to_the_callers_loop() -> None:
+    """then(async_fn) of a call finished in a worker: the coroutine is handed to this
+    loop (or trio run), which is busy; cancel() meanwhile stops it before it starts."""
+    release, handed = threading.Event(), threading.Event()
+    started = False
+
+    async def after(_: forkwait.Future[bool]) -> None:
+        nonlocal started
+        started = True
+        await anyio.sleep(3600)
+
+    source = fork(release.wait, 10)
+    child = source.then(after)
+    source.add_done_callback(lambda _: handed.set())  # runs after then()'s hand-over
+    release.set()
+    assert handed.wait(10)  # blocking this thread: the child's task cannot start yet
+    assert child.cancel() is True
+    with anyio.fail_after(10), pytest.raises(forkwait.CancelledError):
+        await child
+    assert not started
+
+
+@pytest.mark.asyncio
+async def test_cancel_reaches_a_task_that_a_loops_task_factory_made() -> None:
+    """A factory that makes asyncio.Task subclasses (as instrumentation does)."""
+
+    class Instrumented(asyncio.Task[Any]):
+        pass
+
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(lambda loop, coro, **kw: Instrumented(coro, loop=loop, **kw))
+    try:
+        fut = fork(asyncio.sleep, 3600)
+        await asyncio.sleep(0)
+        assert fut.cancel() is True
+        async with asyncio.timeout(10):
+            with pytest.raises(forkwait.CancelledError):
+                await fut
+        async with asyncio.timeout(10), forkwait.scope() as s:  # hung for good before
+            fork(asyncio.sleep, 3600)
+            await asyncio.sleep(0)
+            s.cancel()
+    finally:
+        loop.set_task_factory(None)

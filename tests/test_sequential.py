@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
 from typing import Any
@@ -219,6 +220,54 @@ async def test_in_async_code_a_sync_call_forked_after_a_coroutine_waits_its_turn
         futs.append(fork(third))
     assert await forkwait.wait_all(futs) == [5, 6, None]
     assert order == ["first", "second", "third"]
+
+
+@pytest.mark.anyio
+async def test_turns_cancelled_before_they_come_are_closed_without_a_warning() -> None:
+    """A queued coroutine (and a queued sync call's turn) cancelled while it waits for the
+    one before never runs, and warns of nothing (warnings are errors here)."""
+    ran: list[str] = []
+    started = anyio.Event()
+
+    async def step(name: str) -> None:
+        ran.append(name)
+        started.set()
+        await anyio.sleep(3600)
+
+    with forkwait.sequential():
+        first = fork(step, "first")
+        second = fork(step, "second")  # waits for first
+        third = fork(ran.append, "third")  # a sync call's turn, after second
+        await started.wait()
+        assert second.cancel()
+        assert third.cancel()
+        assert first.cancel()
+    for fut in (first, second, third):
+        with pytest.raises(forkwait.CancelledError):
+            await fut
+    assert ran == ["first"]
+    gc.collect()
+
+
+@pytest.mark.anyio
+async def test_a_turn_cancelled_while_it_waits_in_a_scope_is_closed_without_a_warning() -> None:
+    ran: list[str] = []
+    started = anyio.Event()
+
+    async def step(name: str) -> None:
+        ran.append(name)
+        started.set()
+        await anyio.sleep(3600)
+
+    with forkwait.sequential():
+        async with forkwait.scope() as s:
+            fork(step, "a")
+            fork(step, "b")
+            await started.wait()
+            await anyio.lowlevel.checkpoint()  # b's task has begun to wait for a's
+            s.cancel()
+    assert ran == ["a"]
+    gc.collect()
 
 
 @pytest.mark.anyio

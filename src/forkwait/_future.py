@@ -676,7 +676,7 @@ def _run_callback(fn: Callable[[Any], object], fut: Future[Any]) -> None:
 
 def _refuse_awaiting_itself(fut: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
     handle = fut._handle
-    if type(handle) is _Task and asyncio.current_task(loop) is handle:
+    if isinstance(handle, asyncio.Task) and asyncio.current_task(loop) is handle:
         raise RuntimeError(
             f"fork({describe(fut._func)}) awaits its own future from inside the call: "
             f"it would wait forever; return the value instead of awaiting it"
@@ -686,7 +686,7 @@ def _refuse_awaiting_itself(fut: Future[Any], loop: asyncio.AbstractEventLoop) -
 def _cancel_task(fut: Future[Any]) -> None:
     """Cancel ``fut``'s task, in its loop's thread."""
     task: Any = fut._handle
-    if type(task) is _Task:
+    if isinstance(task, asyncio.Task):  # a subclass too, from a loop's task factory
         task.cancel()
     elif isinstance(task, HostedTask):
         task.cancel_here()

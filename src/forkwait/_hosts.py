@@ -402,7 +402,9 @@ class OnItsWay:
 
     __slots__ = ("awaitable", "loop")
 
-    def __init__(self, awaitable: Awaitable[Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, awaitable: Awaitable[Any], loop: asyncio.AbstractEventLoop | TrioToken
+    ) -> None:
         self.awaitable = awaitable
         self.loop = loop
 

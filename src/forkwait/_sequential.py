@@ -20,6 +20,7 @@ import contextvars
 import inspect
 import itertools
 import sys
+import types
 from asyncio import events
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from typing import Any
 
 from ._future import Future, new_future
 from ._hooks import Observer, current_observer, install
-from ._hosts import Slot, spawn, thread_state, trio_token
+from ._hosts import Slot, close_awaitable, spawn, thread_state, trio_token
 from ._state import QUEUED, RUNNING
 
 _AsyncioLoop = asyncio.AbstractEventLoop
@@ -119,7 +120,8 @@ class Sequential(Observer):
         (that of the sync call that made it), else in a copy of this one."""
         key = (id(host), _forker.get())
         fut = new_future(QUEUED, func)
-        body = _after(self._last.get(key), coro, next(_serials))
+        body: Any = _after(self._last.get(key), coro, next(_serials))
+        body.send(None)  # to its first suspension, inside the try that closes coro
         fut._handle = Slot(body)
         spawn(host, fut, body, context or contextvars.copy_context(), queued=True)
         self._last[key] = fut
@@ -131,15 +133,24 @@ _forker: contextvars.ContextVar[int] = contextvars.ContextVar("forkwait_sequenti
 _serials = itertools.count(1)
 
 
-async def _after(previous: Future[Any] | None, coro: Any, serial: int) -> Any:
-    _forker.set(serial)  # in this task's own context
-    if previous is not None:
-        from ._wait import collect_all
+@types.coroutine
+def _after(previous: Future[Any] | None, coro: Any, serial: int) -> Generator[Any, None, Any]:
+    """``coro`` once ``previous`` is done. ``_queue_awaitable`` starts it, so that a turn
+    cancelled or dropped before it comes closes ``coro`` (no "never awaited" warning); a
+    generator, as a started native coroutine cannot be awaited (by trio's driver)."""
+    try:
+        yield  # the task's first step resumes here, in the task's own context
+        _forker.set(serial)
+        if previous is not None:
+            from ._wait import collect_all
 
-        await collect_all([previous])  # finished, whatever its outcome
+            yield from collect_all([previous]).__await__()  # finished, whatever its outcome
+    except BaseException:
+        close_awaitable(coro)
+        raise
     if not inspect.isawaitable(coro):
         return coro  # a false coroutine function's value, as fork() gives it
-    return await coro
+    return (yield from coro.__await__())
 
 
 async def _sync_turn(

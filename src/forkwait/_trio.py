@@ -23,7 +23,7 @@ import trio
 from ._callables import describe
 from ._future import handing_over
 from ._hooks import get_observer
-from ._hosts import HostedTask, Slot, close_awaitable, fail_to_start, take
+from ._hosts import HostedTask, OnItsWay, Slot, close_awaitable, fail_to_start, take
 from ._state import DONE, FAILED, RUNNING
 
 if TYPE_CHECKING:
@@ -93,6 +93,8 @@ def spawn(
     if queued:
         handle: Slot = fut._handle
         handle.loop = token  # where cancel() finds the task if it loses the race
+    else:  # the same, for the call that made the awaitable and owns fut
+        fut._handle = OnItsWay(awaitable, token)
     if not call_soon(token, start, token, fut, awaitable, context, queued):
         fail_to_start(fut, awaitable, queued, f"its trio run ({token!r}) has ended")
 
