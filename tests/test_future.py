@@ -206,6 +206,41 @@ def test_then_with_a_coroutine_function_awaits_it() -> None:
     assert wait(fork(abs, -4).then(describe)) == "got 4"
 
 
+def test_a_long_then_chain_on_a_pending_future_completes() -> None:
+    """Each link settles the next on the same stack: far past the recursion limit's
+    reach, a worker thread goes on with a fresh one."""
+    gate = threading.Event()
+    fut: Future[bool] = fork(gate.wait, 10)
+    for _ in range(1000):
+        fut = fut.then(lambda f: f.result())
+    gate.set()
+    assert wait(fut, timeout=10) is True
+
+
+def test_a_then_callback_made_inside_a_call_may_wait_for_that_call() -> None:
+    """It runs in another thread, where a wait on the call is no wait on itself."""
+    release, looked = threading.Event(), threading.Event()
+    box: list[Future[Any]] = []
+
+    def look(_: Future[bool]) -> str:
+        try:
+            wait(box[0], timeout=0)  # the call is still running: it is not done yet
+        finally:
+            looked.set()
+        return "done"
+
+    def call() -> int:
+        box.append(fork(release.wait, 10).then(look))
+        release.set()
+        assert looked.wait(10)  # running until the callback has looked
+        return 42
+
+    box.insert(0, fork(call))
+    assert wait(box[0]) == 42
+    with pytest.raises(TimeoutError, match="did not finish within 0"):
+        wait(box[1])
+
+
 @pytest.mark.anyio
 async def test_then_is_awaitable_from_async_code() -> None:
     """The chained future is an ordinary Future: await it."""

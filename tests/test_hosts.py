@@ -58,6 +58,39 @@ async def test_rule_2_holds_through_several_levels() -> None:
     assert await fork(two_levels) is asyncio.get_running_loop()
 
 
+def test_rule_1_a_trio_run_inside_a_forked_call_runs_its_own_forks(max_threads: Any) -> None:
+    """The run's sync forks are its own (its thread limit), not queued for the pool
+    whose one thread the call holds."""
+    max_threads(1)
+
+    async def body() -> tuple[int, str]:
+        with anyio.fail_after(10):
+            return await fork(abs, -7), await fork(loop_of_nested_async_fork_library)
+
+    def runs_trio() -> tuple[int, str]:
+        return anyio.run(body, backend="trio")
+
+    assert wait(fork(runs_trio)) == (7, "trio")
+
+
+def loop_of_nested_async_fork_library() -> str:
+    return wait(fork(running_library))
+
+
+def test_rule_2_an_anyio_worker_thread_inside_a_forked_call_forks_onto_its_loop() -> None:
+    """Not onto the loop the forked call works for, whose context anyio's thread copied."""
+
+    async def main() -> tuple[asyncio.AbstractEventLoop, asyncio.AbstractEventLoop]:
+        used = await anyio.to_thread.run_sync(loop_of_nested_async_fork)
+        return asyncio.get_running_loop(), used
+
+    def runs_a_loop() -> tuple[asyncio.AbstractEventLoop, asyncio.AbstractEventLoop]:
+        return asyncio.run(main())
+
+    own, used = wait(fork(runs_a_loop))
+    assert used is own
+
+
 def test_rule_3_plain_sync_code_uses_the_default_runtime() -> None:
     """From plain sync code, coroutines run on one background loop for the process."""
     first = wait(fork(running_loop))

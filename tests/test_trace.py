@@ -250,6 +250,20 @@ def test_a_fork_that_raises_is_recorded_with_what_it_raised() -> None:
     assert [w.call for w in tr.waits] == [outer.id]
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+def test_an_exception_whose_str_raises_is_recorded_without_raising() -> None:
+    def fails() -> None:
+        raise Unprintable
+
+    with forkwait.trace() as tr, pytest.raises(Unprintable):
+        wait(fork(fails))
+    assert tr.calls[0].detail == "Unprintable: <exception str() failed>"
+
+
 def test_the_mermaid_node_of_a_call_still_running_says_so() -> None:
     started, release = threading.Event(), threading.Event()
 

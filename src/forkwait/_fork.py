@@ -21,6 +21,7 @@ from ._hosts import (
     current_host,
     drive,
     get_call_frame,
+    get_ident,
     spawn,
     start_in_trio,
     take,
@@ -29,7 +30,7 @@ from ._hosts import (
     trio_token,
 )
 from ._state import QUEUED, RUNNING
-from ._threads import module_pool_for, pool, pool_for
+from ._threads import call_in_a_worker, module_pool_for, pool, pool_for
 from ._torch import bind as bind_torch_state
 from ._torch import is_module_call
 
@@ -117,8 +118,9 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         func = bind_torch_state(func)
     host: Host = _get_running_loop()  # current_host(), inlined:
     if host is None:
-        host = get_call_frame()[0]  # inside a forked call: what it works for
-        if host is UNRESOLVED:
+        frame = get_call_frame()  # inside a forked call in this thread: what it works for
+        host = frame[0]
+        if host is UNRESOLVED or frame[3] != get_ident() or "trio" in _modules:
             host = thread_host()
     fut._handle = [(func, args, kwargs, _copy_context(), host)]  # see take
     if is_module:  # as many at once as torch.jit.fork runs
@@ -164,18 +166,31 @@ def chain(
     host = current_host()  # the loop an awaitable from fn goes to: the caller's
 
     def run_fn(done: Future[Any]) -> None:
+        depth = thread_state.then_depth
+        if depth >= _MAX_NESTED_THEN:  # a long chain: go on with a fresh stack
+            call_in_a_worker(run_fn, done)
+            return
         if take(child) is None:
             return  # child.cancel() came first
         child._state = RUNNING
+        thread_state.then_depth = depth + 1
         try:
-            value = context.run(fn, done)
-        except BaseException as exc:
-            child._set_exception(exc)
-            return
-        if inspect.isawaitable(value):
-            spawn(host, child, value, context, queued=False)
-        else:
-            child._set_result(value)
+            try:
+                value = context.run(fn, done)
+            except BaseException as exc:
+                child._set_exception(exc)
+                return
+            if inspect.isawaitable(value):
+                spawn(host, child, value, context, queued=False)
+            else:
+                child._set_result(value)
+        finally:
+            thread_state.then_depth = depth
 
     fut.add_done_callback(run_fn)
     return child
+
+
+#: Settling a then() future runs the callback of the next link of its chain on the same
+#: stack: past this many links a worker thread goes on, before Python's recursion limit.
+_MAX_NESTED_THEN = 16

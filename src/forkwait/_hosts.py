@@ -46,6 +46,9 @@ class ThreadState(threading.local):
     #: A thread that finishes calls for many others (a process pool's reader, a Dask
     #: client's event loop): callbacks, which may block, run in a worker thread instead.
     serves_others = False
+    #: How many then() callbacks run here one inside the other: each settles the next
+    #: link of a chain, on top of the stack of the one before (see _fork.chain).
+    then_depth = 0
 
 
 thread_state = ThreadState()
@@ -54,13 +57,16 @@ thread_state = ThreadState()
 UNRESOLVED: Any = object()
 
 #: Inside a forked sync call: the loop it works for (spec rule 2), how many queued
-#: calls its thread is running inline, one inside the other, and the call's own future.
-#: Each call runs in a context of its own, so a context variable is per call and per
-#: thread at once, and reading one costs a third of reading a thread-local.
-call_frame: contextvars.ContextVar[tuple[Host, int, Any]] = contextvars.ContextVar(
-    "forkwait_call_frame", default=(UNRESOLVED, 0, None)
+#: calls its thread is running inline, one inside the other, the call's own future, and
+#: the thread running it. Each call runs in a context of its own, so a context variable
+#: is per call, and reading one costs a third of reading a thread-local. A copy of the
+#: context that another thread runs in (anyio's to_thread, a then() callback) carries
+#: the frame along; there it is not that thread's, which the thread id tells.
+call_frame: contextvars.ContextVar[tuple[Host, int, Any, int]] = contextvars.ContextVar(
+    "forkwait_call_frame", default=(UNRESOLVED, 0, None, 0)
 )
 get_call_frame = call_frame.get
+get_ident = threading.get_ident
 
 
 def trio_token() -> TrioToken | None:
@@ -87,13 +93,13 @@ def thread_host() -> Host:
     """The loop that a thread without a running asyncio loop works for: the trio run in
     this thread, else the one a forked call or anyio worker works for (spec rule 2),
     else ``None``."""
-    host = get_call_frame()[0]
-    if host is not UNRESOLVED:
-        return host
-    if "trio" in _modules:
+    if "trio" in _modules:  # first: a forked call may have started a trio run
         token = trio_token()
         if token is not None:
             return token
+    host, _, _, thread = get_call_frame()
+    if host is not UNRESOLVED and thread == get_ident():
+        return host
     # An anyio worker thread (to_thread.run_sync) works for the loop that started it.
     # anyio keeps that in a private thread-local; only look if anyio is loaded at all.
     anyio_loop = _modules.get("anyio._core._eventloop")
@@ -116,7 +122,7 @@ def _forget_hosts_in_child() -> None:
     child's own runtime, as from plain sync code."""
     if _get_running_loop() is not None or trio_token() is not None:
         return  # this thread's own loop: it goes on running in the child
-    call_frame.set((UNRESOLVED, 0, None))  # in the context the child goes on in
+    call_frame.set((UNRESOLVED, 0, None, 0))  # in the context the child goes on in
     anyio_loop = _modules.get("anyio._core._eventloop")
     if anyio_loop is not None:  # an anyio worker thread's loop, see thread_host
         anyio_loop.threadlocals.__dict__.pop("current_token", None)

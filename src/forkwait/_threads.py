@@ -44,6 +44,7 @@ from ._hosts import (
     abandon_if_it_cannot_finish,
     call_frame,
     get_call_frame,
+    get_ident,
     spawn,
     stranded_calls,
     take,
@@ -86,7 +87,7 @@ _PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, lis
 
 
 def _enter(
-    frame: tuple[Host, int, Any],
+    frame: tuple[Host, int, Any, int],
     func: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -99,7 +100,7 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     """Run a taken sync call in this thread, ``depth`` calls deep inline, and settle ``fut``."""
     func, args, kwargs, context, host = call
     try:
-        value = context.run(_enter, (host, depth, fut), func, args, kwargs)
+        value = context.run(_enter, (host, depth, fut, get_ident()), func, args, kwargs)
     except BaseException as exc:
         if "torch" in _modules:
             clean_torch_state(func)
@@ -736,7 +737,8 @@ def call_in_a_worker(fn: Callable[..., object], *args: Any) -> None:
 def refuse_hopeless_wait(fut: Future[Any]) -> None:
     """Raise instead of blocking for good: on the call's own future from inside the
     call, or on a task whose event loop has been closed (it can never finish)."""
-    if get_call_frame()[2] is fut:
+    _, _, own, thread = get_call_frame()
+    if own is fut and thread == get_ident():  # not a then() callback in another thread
         raise RuntimeError(
             f"fork({describe(fut._func)}) waits on its own future from inside the call: "
             f"it would wait forever; return the value instead of waiting for it"

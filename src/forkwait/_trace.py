@@ -60,6 +60,14 @@ class Wait:
     ended_at: float | None = None
 
 
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, which a trace must not let raise, as the traceback module does not."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
+
+
 def _loop_name() -> str | None:
     import sys
     from asyncio import events
@@ -139,7 +147,7 @@ class Trace(Observer):
         stack = self._pending.get(threading.get_ident())
         call = stack.pop() if stack else None
         if call is not None:  # it never ran: the trace shows what fork raised instead
-            call.outcome, call.detail = "exception", f"{type(exc).__name__} at fork: {exc}"
+            call.outcome, call.detail = "exception", f"{type(exc).__name__} at fork: {_text(exc)}"
 
     def waiting(self, fut: Future[Any]) -> Callable[[], object] | None:
         call = self._by_future.get(id(fut))
@@ -230,7 +238,7 @@ class Trace(Observer):
                 call.outcome, call.detail = "value", type(fut._value).__name__
             elif state == FAILED:
                 exc = fut._value
-                call.outcome, call.detail = "exception", f"{type(exc).__name__}: {exc}"
+                call.outcome, call.detail = "exception", f"{type(exc).__name__}: {_text(exc)}"
             elif state == CANCELLED:
                 call.outcome, call.detail = "cancelled", ""
             call.future = None  # the trace outlives the futures; it keeps no value alive
