@@ -482,6 +482,55 @@ def test_wait_on_a_future_whose_loop_was_closed_says_so() -> None:
     asyncio.run(from_another_loop())
 
 
+def _fork_on_a_loop_of_its_own() -> tuple[Future[None], Any]:
+    """A fork pending on an app's loop in another thread, and a function that closes
+    that loop, the fork still unfinished."""
+
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    async def start() -> Future[None]:
+        return fork(forever)
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    fut = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+
+    def close() -> None:
+        deadline = time.monotonic() + 10
+        while not fut._waiters and time.monotonic() < deadline:
+            time.sleep(0.001)  # until the wait has begun: nothing signals that
+        assert fut._waiters
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+    return fut, close
+
+
+def test_a_wait_that_began_before_its_loop_closed_says_so() -> None:
+    fut, close = _fork_on_a_loop_of_its_own()
+    closer = threading.Thread(target=close)
+    closer.start()
+    with pytest.raises(RuntimeError, match="the event loop running its task was closed"):
+        wait(fut, timeout=30)  # it blocked for good before
+    closer.join(10)
+
+
+def test_an_await_from_another_loop_that_began_before_the_loop_closed_says_so() -> None:
+    fut, close = _fork_on_a_loop_of_its_own()
+
+    async def from_another_loop() -> None:
+        with pytest.raises(RuntimeError, match="the event loop running its task was closed"):
+            await asyncio.wait_for(fut, 30)
+
+    closer = threading.Thread(target=close)
+    closer.start()
+    asyncio.run(from_another_loop())
+    closer.join(10)
+
+
 def _dedent(code: str) -> str:
     import textwrap
 

@@ -18,11 +18,13 @@ from . import _hosts
 from ._callables import describe
 from ._hooks import get_observer
 from ._hosts import (
+    LOOK_AGAIN_SECONDS,
     HostedTask,
     OnItsWay,
     Remote,
     Slot,
     abandon_if_it_cannot_finish,
+    loop_that_may_close,
     take,
     thread_state,
     trio_token,
@@ -359,6 +361,8 @@ class Future(Generic[T]):
         # is reported again (see _abandon).
         if not self._add_waiter(waiter):
             self._settle(waiter)  # finished meanwhile
+        elif loop_that_may_close(self) not in (None, loop):
+            _look_again_later(self, waiter, loop)  # its loop may close under it
         return self._await_waiter(waiter)
 
     # -- cancellation ------------------------------------------------------------------
@@ -681,6 +685,20 @@ def _refuse_awaiting_itself(fut: Future[Any], loop: asyncio.AbstractEventLoop) -
             f"fork({describe(fut._func)}) awaits its own future from inside the call: "
             f"it would wait forever; return the value instead of awaiting it"
         )
+
+
+def _look_again_later(fut: Future[Any], waiter: asyncio.Future[Any], loop: Any) -> None:
+    """For a task of ``loop`` awaiting ``fut`` of another loop: look every second whether
+    that loop was closed meanwhile (which fails ``fut``, and so ends the await)."""
+
+    def look() -> None:
+        if waiter.done():
+            return
+        abandon_if_it_cannot_finish(fut)
+        if not waiter.done():
+            loop.call_later(LOOK_AGAIN_SECONDS, look)
+
+    loop.call_later(LOOK_AGAIN_SECONDS, look)
 
 
 def _cancel_task(fut: Future[Any]) -> None:

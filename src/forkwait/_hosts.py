@@ -13,6 +13,7 @@ import contextvars
 import os
 import sys
 import threading
+import time
 import weakref
 from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator
@@ -268,6 +269,44 @@ def abandon_if_it_cannot_finish(fut: Future[Any]) -> None:
         # Only now: dropping the task may destroy it at once, and drive() then sees
         # the future settled already.
         fut._handle = None
+
+
+#: How often a wait on a task of another thread's event loop looks whether that loop
+#: was closed meanwhile, with the task unfinished: then it never finishes.
+LOOK_AGAIN_SECONDS = 1.0
+
+
+def loop_that_may_close(fut: Future[Any]) -> asyncio.AbstractEventLoop | None:
+    """The app's event loop that runs (or is about to run) ``fut``'s task, if any: a
+    loop forkwait does not own, which the app may close before the task ends."""
+    handle: Any = fut._handle
+    if isinstance(handle, asyncio.Task):
+        loop = handle.get_loop()
+    elif isinstance(handle, (Slot, OnItsWay)) and isinstance(
+        handle.loop, asyncio.AbstractEventLoop
+    ):
+        loop = handle.loop
+    else:
+        return None
+    return None if loop is runtime.current_loop() else loop
+
+
+def acquire_while_it_can_finish(lock: Any, fut: Future[Any], timeout: float | None) -> bool:
+    """``lock.acquire`` for a thread blocked on ``fut``: on a task of an app's loop, it
+    looks again every second whether that loop was closed meanwhile (which fails ``fut``
+    and so releases ``lock``), rather than block for good."""
+    if loop_that_may_close(fut) is None:
+        return lock.acquire(True, -1 if timeout is None else max(timeout, 0.0))  # type: ignore[no-any-return]
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    while True:
+        step = LOOK_AGAIN_SECONDS
+        if deadline is not None:
+            step = max(min(step, deadline - time.monotonic()), 0.0)
+        if lock.acquire(True, step):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        abandon_if_it_cannot_finish(fut)
 
 
 def _abandon(fut: Future[Any], why: str) -> bool:

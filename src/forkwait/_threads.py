@@ -42,6 +42,7 @@ from ._hosts import (
     HostedTask,
     Members,
     abandon_if_it_cannot_finish,
+    acquire_while_it_can_finish,
     call_frame,
     get_call_frame,
     get_ident,
@@ -619,7 +620,7 @@ def block(fut: Future[Any], timeout: float | None) -> None:
     if worker is not None:
         worker.block_released()  # rule 2
     try:
-        woken = waiter.acquire() if timeout is None else waiter.acquire(True, max(timeout, 0.0))
+        woken = acquire_while_it_can_finish(waiter, fut, timeout)
     except BaseException:  # interrupted (Ctrl-C): this thread will not raise a failure
         if not fut._remove_waiter(waiter):  # a drainer took it: it marks a failure taken
             _await_release(waiter)
@@ -708,7 +709,7 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
     if worker is not None:
         worker.block_released()  # rule 2
     try:
-        woken = wake.lock.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+        woken = acquire_while_it_can_finish(wake.lock, fut, timeout)
     except BaseException:  # interrupted (Ctrl-C): this thread will not raise a failure
         wake.give_back(fut)
         raise
