@@ -222,18 +222,25 @@ async def test_in_async_code_a_sync_call_forked_after_a_coroutine_waits_its_turn
     assert order == ["first", "second", "third"]
 
 
+class Steps:
+    """A coroutine function that notes its name and then hangs; ``started`` once one ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.started = anyio.Event()
+
+    async def __call__(self, name: str) -> None:
+        self.ran.append(name)
+        self.started.set()
+        await anyio.sleep(3600)
+
+
 @pytest.mark.anyio
 async def test_turns_cancelled_before_they_come_are_closed_without_a_warning() -> None:
     """A queued coroutine (and a queued sync call's turn) cancelled while it waits for the
     one before never runs, and warns of nothing (warnings are errors here)."""
-    ran: list[str] = []
-    started = anyio.Event()
-
-    async def step(name: str) -> None:
-        ran.append(name)
-        started.set()
-        await anyio.sleep(3600)
-
+    step = Steps()
+    ran, started = step.ran, step.started
     with forkwait.sequential():
         first = fork(step, "first")
         second = fork(step, "second")  # waits for first
@@ -251,14 +258,8 @@ async def test_turns_cancelled_before_they_come_are_closed_without_a_warning() -
 
 @pytest.mark.anyio
 async def test_a_turn_cancelled_while_it_waits_in_a_scope_is_closed_without_a_warning() -> None:
-    ran: list[str] = []
-    started = anyio.Event()
-
-    async def step(name: str) -> None:
-        ran.append(name)
-        started.set()
-        await anyio.sleep(3600)
-
+    step = Steps()
+    ran, started = step.ran, step.started
     with forkwait.sequential():
         async with forkwait.scope() as s:
             fork(step, "a")
