@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 import forkwait
@@ -346,6 +347,42 @@ async def test_forks_obey_deadlines_around_the_task_group() -> None:
             with forkwait.scope(task_group=tg):
                 slow = fork(anyio.sleep_forever)
     assert slow.cancelled()
+
+
+@pytest.mark.anyio
+async def test_a_fork_that_fails_after_the_group_was_cancelled_fails_the_group() -> None:
+    """As an anyio to_thread task does: a running sync call cannot be stopped, and its
+    failure still reaches the task group."""
+    release = threading.Event()
+
+    def fails_when_released() -> None:
+        release.wait(10)
+        raise ValueError("late")
+
+    async def cancel_and_release() -> None:
+        async with anyio.create_task_group() as tg:
+            with forkwait.scope(task_group=tg):
+                fork(fails_when_released)
+            tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                for _ in range(3):  # the keeper steps: cancelled, it waits for the call
+                    await anyio.lowlevel.checkpoint()
+                release.set()
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await cancel_and_release()
+    assert [repr(e) for e in caught.value.exceptions] == ["ValueError('late')"]
+
+
+@pytest.mark.anyio
+async def test_a_fork_in_a_scope_of_a_task_group_that_has_exited_is_refused() -> None:
+    async with anyio.create_task_group() as tg:
+        pass
+    with (
+        forkwait.scope(task_group=tg),
+        pytest.raises(RuntimeError, match="inside `async with tg:`"),
+    ):
+        fork(anyio.sleep, 0)
 
 
 @pytest.mark.anyio

@@ -63,9 +63,25 @@ async def test_a_wait_never_awaited_warns() -> None:
         wait(fut)  # the awaitable is dropped here
         gc.collect()
 
-    with pytest.warns(RuntimeWarning, match=r"never awaited; write `value = await"):
+    with pytest.warns(RuntimeWarning, match=r"never awaited; write `value = await") as record:
         forget_to_await()
+    assert record[0].filename == __file__  # the line that forgot, not forkwait's
     await fut
+
+
+@pytest.mark.asyncio
+async def test_a_wait_that_asyncio_runs_as_a_task_is_awaited_even_if_cancelled_first() -> None:
+    """ensure_future and wait_for run it as a task: cancelled before its first step, it
+    counts as awaited, as a coroutine does (warnings are errors here)."""
+    fut = fork(asyncio.sleep, 3600)
+    task = asyncio.ensure_future(wait(fut))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(wait(fut), timeout=0)
+    gc.collect()
+    assert fut.cancel()
 
 
 @pytest.mark.anyio

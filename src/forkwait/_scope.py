@@ -162,7 +162,12 @@ class Scope(Observer):
         tg = self._task_group
         assert tg is not None
         if _in_host_thread(self._host):
-            _start_or_cancel(tg, self._keep, fut)
+            if not _start_or_cancel(tg, self._keep, fut):
+                raise RuntimeError(
+                    f"fork({describe(fut._func)}) in forkwait.scope(task_group=tg) found the "
+                    f"task group inactive (it has exited, or was never entered), so the call "
+                    f"was cancelled; enter the scope inside `async with tg:`"
+                )
         else:  # a worker thread (nested fork, or a scope entered there): not thread-safe
             _call_in(self._host, lambda: _start_or_cancel(tg, self._keep, fut))
 
@@ -181,13 +186,17 @@ class Scope(Observer):
             self.cancel()  # the task group is cancelled: so are all of the scope's forks
             with anyio.CancelScope(shield=True):
                 await collect_all([fut])  # a running sync call finishes first
-            raise
-        if owes_failure(fut):
-            # Let a task that is awaiting this fork, and steps next, retrieve it first.
-            await anyio.lowlevel.checkpoint()
+            if not owes_failure(fut):
+                raise
+            # It failed all the same (a running sync call cannot be stopped): the task
+            # group gets the failure, as from a task of its own that fails late.
+        else:
             if owes_failure(fut):
-                fut._mark_retrieved()
-                raise fut._value.with_traceback(fut._traceback)
+                # Let a task that is awaiting this fork, and steps next, retrieve it first.
+                await anyio.lowlevel.checkpoint()
+        if owes_failure(fut):
+            fut._mark_retrieved()
+            raise fut._value.with_traceback(fut._traceback)
 
     def interrupt_with(self, wake: Callable[[], object]) -> bool:
         self._interrupts.append(wake)
@@ -392,11 +401,16 @@ def _in_host_thread(host: Any) -> bool:
     return events._get_running_loop() is host or trio_token() is host
 
 
-def _start_or_cancel(tg: TaskGroup, keep: Callable[[Future[Any]], Any], fut: Future[Any]) -> None:
+def _start_or_cancel(tg: TaskGroup, keep: Callable[[Future[Any]], Any], fut: Future[Any]) -> bool:
+    """Start ``fut``'s keeper in ``tg``; ``False`` if ``tg`` is not active, and then
+    cancel the fork, as nobody would supervise it."""
+    name = f"forkwait keeper of fork({describe(fut._func)})"
     try:
-        tg.start_soon(keep, fut, name=f"forkwait keeper of {fut!r}")
-    except RuntimeError:  # the task group has finished: nobody would supervise the fork
+        tg.start_soon(keep, fut, name=name)
+    except RuntimeError:  # anyio: "This task group is not active"
         fut.cancel()
+        return False
+    return True
 
 
 def _as_asyncio(fn: Callable[[], object]) -> None:

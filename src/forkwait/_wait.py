@@ -23,14 +23,21 @@ _modules = sys.modules
 
 
 class _Waiting(Generic[T]):
-    """What ``wait`` returns in async code: awaits once, warns if never awaited."""
+    """What ``wait`` returns in async code: awaits once, warns if never awaited.
 
-    __slots__ = ("_awaited", "_source", "_what")
+    It is a coroutine too (``send``, ``throw``, ``close``), so that asyncio runs it as a
+    task of its own (``ensure_future``, ``wait_for``): a task cancelled before its first
+    step has awaited it, as it would have a coroutine, and no warning follows.
+    """
 
-    def __init__(self, source: Awaitable[T], what: str) -> None:
+    __slots__ = ("_awaited", "_source", "_steps", "_what", "_where")
+
+    def __init__(self, source: Awaitable[T], what: str, where: tuple[str, int]) -> None:
         self._source = source
         self._what = what
+        self._where = where  # the caller's file and line, for the warning
         self._awaited = False
+        self._steps: Generator[Any, None, T] | None = None
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._awaited:
@@ -38,17 +45,47 @@ class _Waiting(Generic[T]):
         self._awaited = True
         return self._source.__await__()
 
+    def _stepping(self) -> Generator[Any, None, T]:
+        steps = self._steps
+        if steps is None:
+            steps = self._steps = self.__await__()
+        return steps
+
+    def send(self, value: Any) -> Any:
+        return self._stepping().send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        return self._stepping().throw(*exc)
+
+    def close(self) -> None:
+        if self._steps is not None:
+            self._steps.close()
+        elif not self._awaited:  # closed before it started, as a coroutine may be
+            self._awaited = True
+            _close(self._source)
+
     def __del__(self) -> None:
         if not self._awaited:
-            source = self._source
-            if isinstance(source, Coroutine):
-                source.close()  # ours says it better than "coroutine ... never awaited"
-            warnings.warn(
+            _close(self._source)  # ours says it better than "coroutine ... never awaited"
+            filename, lineno = self._where
+            warnings.warn_explicit(
                 f"{self._what} was called in async code but never awaited; "
                 f"write `value = await {self._what}`",
                 RuntimeWarning,
-                stacklevel=1,
+                filename,
+                lineno,
             )
+
+
+def _close(source: object) -> None:
+    if isinstance(source, Coroutine):
+        source.close()
+
+
+def _caller() -> tuple[str, int]:
+    """The file and line of the code that called the caller."""
+    frame = sys._getframe(2)
+    return frame.f_code.co_filename, frame.f_lineno
 
 
 def _not_a_future(future: object, api: str) -> TypeError:
@@ -94,7 +131,7 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
     source = future if timeout is None else _with_timeout(future, timeout)
     # In async code the value arrives through the awaitable; typed as T for sync
     # callers, whose use is the common one (async code has `await fut`).
-    return _Waiting(source, "forkwait.wait(fut)")  # type: ignore[return-value]
+    return _Waiting(source, "forkwait.wait(fut)", _caller())  # type: ignore[return-value]
 
 
 async def _with_timeout(future: Future[T], limit: float) -> T:
@@ -155,7 +192,7 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
                 raise  # the call's own
             raise _gave_up(waiting_on, timeout) from None
 
-    return _Waiting(gather(), "forkwait.wait_all(futures)")  # type: ignore[return-value]
+    return _Waiting(gather(), "forkwait.wait_all(futures)", _caller())  # type: ignore[return-value]
 
 
 def _futures_of(futures: Iterable[Future[T]]) -> list[Future[T]]:
