@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import weakref
@@ -225,6 +226,44 @@ def test_an_apps_clients_are_let_go_once_closed(client: Client) -> None:
         del other
     gc.collect()
     assert [ref() for ref in refs] == [None, None]
+
+
+def test_a_task_the_cluster_drops_fails_its_future(client: Client) -> None:
+    """Not a cancellation either: the cluster dropped the task (as when the client loses
+    its scheduler), so the future fails, saying so, and nothing goes unseen."""
+    started = Queue("dropped-started", client=client)
+    with forkwait.offload(client):
+        fut = fork(wait_for_event, "dropped")
+    try:
+        assert started.get(timeout=60)  # running on a worker
+        client.cancel(fut._handle.task)  # the cluster's side, not fut.cancel()
+        with pytest.raises(RuntimeError, match="dropped its task") as caught:
+            wait(fut, timeout=30)
+    finally:
+        Event("dropped", client=client).set()  # free the worker for the other tests
+    assert not fut.cancelled()
+    assert "cancelled" in repr(caught.value.__cause__).lower()
+
+
+def test_at_exit_calls_pending_on_a_cluster_forkwait_opened_get_one_warning(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As the process pool's: one line counts them, not a "never retrieved" each."""
+    started = Queue("exiting-started", client=client)
+    with forkwait.offload(client.scheduler.address):
+        futs = [fork(wait_for_event, "exiting") for _ in range(3)]
+    try:
+        assert started.get(timeout=60)  # running on a worker
+        with caplog.at_level(logging.WARNING, logger="forkwait"):
+            _close_owned_clients()
+    finally:
+        Event("exiting", client=client).set()  # free the workers for the other tests
+    for fut in futs:
+        with pytest.raises(RuntimeError, match=r"pending on the Dask cluster .* exited"):
+            wait(fut, timeout=30)
+    warned = [r.getMessage() for r in caplog.records if r.name == "forkwait"]
+    assert len(warned) == 1, warned
+    assert "at exit, 3 offloaded call(s) still pending on the Dask cluster" in warned[0]
 
 
 def test_a_client_closed_under_a_pending_call_says_so(client: Client) -> None:

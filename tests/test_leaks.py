@@ -82,3 +82,43 @@ def test_ten_thousand_cycles_leave_nothing_behind() -> None:
         "sampled futures alive: 0",
         "threads above baseline: 0",
     ], result.stdout + result.stderr
+
+
+def test_a_failed_forks_frames_go_with_it_without_a_garbage_collection() -> None:
+    """The exception's traceback holds the call's frames (and their locals: a big tensor,
+    say); forkwait's frames that caught it must not also hold the future, or the three
+    keep one another alive in a cycle until the cyclic collector runs."""
+    result = run_script(
+        """
+        import gc, threading, weakref
+        from forkwait import fork
+
+        class Big:
+            pass
+
+        refs, started = [], threading.Event()
+
+        def fail():
+            big = Big()
+            refs.append(weakref.ref(big))
+            started.set()
+            raise ValueError("boom")
+
+        async def fail_async():
+            fail()
+
+        def freed(func):
+            refs.clear()
+            started.clear()
+            fut = fork(func)
+            assert started.wait(10)  # running in a worker (or on the runtime's loop)
+            assert isinstance(fut.exception(timeout=10), ValueError)
+            del fut
+            return refs[0]() is None
+
+        gc.disable()  # what reference counting alone frees
+        print(freed(fail), freed(fail_async))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]

@@ -482,6 +482,76 @@ def test_wait_on_a_future_whose_loop_was_closed_says_so() -> None:
     asyncio.run(from_another_loop())
 
 
+def test_ctrl_c_in_a_sync_scopes_body_leaves_without_waiting_for_running_forks() -> None:
+    """As Ctrl-C while the scope's exit waits does: the forks are cancelled, and the
+    running sync call (which cannot be stopped) is not waited for."""
+    release, started = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        started.set()
+        release.wait(10)
+
+    def body() -> Future[None]:
+        with forkwait.scope():
+            fut = fork(slow)
+            assert started.wait(10)
+            raise KeyboardInterrupt(fut)  # as Ctrl-C landing in the body
+
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            body()
+        fut = caught.value.args[0]
+        assert not fut.done()
+    finally:
+        release.set()
+    assert wait(fut) is None
+
+
+def test_ctrl_c_in_a_call_wait_all_runs_inline_stops_the_wait_at_once(max_threads: Any) -> None:
+    """Not once the futures before it in the list are done: it is the waiter's own."""
+    max_threads(1)
+    release, started = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt  # as Ctrl-C landing in the call this thread runs
+
+    first = fork(hold)
+    try:
+        assert started.wait(10)
+        second = fork(interrupted)  # queued: the one worker is busy, so it runs here
+        with pytest.raises(KeyboardInterrupt):
+            forkwait.wait_all([first, second])
+        assert not first.done()
+    finally:
+        release.set()
+    assert wait(first) is None
+
+
+def test_a_worker_started_beyond_the_limit_after_the_pool_closed_leaves_at_once() -> None:
+    """As the watchdog's start may race close() at exit: with nothing to do, it leaves
+    rather than park where nobody would wake it (and be counted as busy at exit)."""
+    from forkwait._threads import WorkerPool
+
+    pool = WorkerPool(2)
+    pool.idle_seconds = 60
+    workers: list[threading.Thread] = []
+    work = pool._work
+
+    def recorded(starved: bool = False) -> None:
+        workers.append(threading.current_thread())
+        work(starved)
+
+    pool._work = recorded  # type: ignore[method-assign]
+    pool.close()
+    assert pool._grow(starved=True)
+    workers[0].join(10)
+    assert not workers[0].is_alive()
+
+
 def _fork_on_a_loop_of_its_own() -> tuple[Future[None], Any]:
     """A fork pending on an app's loop in another thread, and a function that closes
     that loop, the fork still unfinished."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import random
 import threading
 from typing import Any
@@ -220,6 +221,35 @@ async def test_in_async_code_a_sync_call_forked_after_a_coroutine_waits_its_turn
         futs.append(fork(third))
     assert await forkwait.wait_all(futs) == [5, 6, None]
     assert order == ["first", "second", "third"]
+
+
+def test_sequential_mode_wins_over_an_offload_block_inside_it() -> None:
+    """Debugging wraps code that may offload: its calls run here, one at a time, too."""
+    here = threading.current_thread()
+    with forkwait.sequential(), forkwait.offload("threads"):
+        fut = fork(threading.current_thread)
+        assert fut.done()
+    assert wait(fut) is here
+    with forkwait.sequential(), forkwait.offload("processes"):
+        assert wait(fork(os.getpid)) == os.getpid()  # no worker process was started
+
+
+def test_ctrl_c_in_a_call_in_sequential_mode_stops_the_program() -> None:
+    """It lands in the one thread that runs everything, as it would without fork: the
+    calls forked after it do not run."""
+    ran: list[int] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt  # as Ctrl-C landing in the call
+
+    def forks() -> None:
+        with forkwait.sequential():
+            fork(interrupted)
+            fork(ran.append, 1)
+
+    with pytest.raises(KeyboardInterrupt):
+        forks()
+    assert ran == []
 
 
 class Steps:

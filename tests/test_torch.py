@@ -636,6 +636,23 @@ def test_a_call_that_leaves_grad_off_does_not_leave_it_to_the_next_call(
     assert second[1:] == ((True, False), False)
 
 
+def test_a_done_callback_that_leaves_grad_off_does_not_leave_it_to_the_next_call(
+    max_threads: Any,
+) -> None:
+    """A callback runs in the worker that finished the call: it is held to what the
+    calls there are held to."""
+    max_threads(1)
+    release = threading.Event()
+    held = fork(release.wait, 10)  # the one worker runs it; its callbacks run there too
+    ran_in: list[int] = []
+    held.add_done_callback(lambda _: ran_in.append(leaves_grad_off()))
+    after = fork(lambda: (threading.get_ident(), grad_state(), torch.is_autocast_enabled("cpu")))
+    release.set()
+    thread, grad, autocast = wait(after, timeout=10)  # with a timeout: never run inline here
+    assert ran_in == [thread], "expected the worker that ran the callback to run the call"
+    assert (grad, autocast) == ((True, False), False)
+
+
 def test_a_call_that_leaves_grad_off_does_not_leave_it_to_its_inline_waiter(
     max_threads: Any,
 ) -> None:

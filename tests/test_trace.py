@@ -234,20 +234,15 @@ def test_nested_traces_each_number_their_own_calls() -> None:
 
 
 def test_a_fork_that_raises_is_recorded_with_what_it_raised() -> None:
-    """The next fork's record is its own (sequential mode forks inside a running call)."""
-
-    def parent() -> str:
+    with forkwait.trace() as tr:
         with forkwait.offload("processes"), pytest.raises(TypeError, match="cannot be pickled"):
             fork(abs, threading.Lock())
-        return "done"
-
-    with forkwait.trace() as tr, forkwait.sequential():
-        assert wait(fork(parent)) == "done"
-    outer, refused = tr.calls
-    assert (outer.name.rsplit(".", 1)[-1], outer.outcome) == ("parent", "value")
-    assert (refused.parent, refused.outcome, refused.started_at) == (outer.id, "exception", None)
+        assert wait(fork(abs, -2)) == 2
+    refused, after = tr.calls
+    assert (refused.outcome, refused.started_at) == ("exception", None)
     assert refused.detail.startswith("TypeError at fork: fork(abs) cannot send argument 0")
-    assert [w.call for w in tr.waits] == [outer.id]
+    assert (after.outcome, after.parent) == ("value", None)
+    assert [w.call for w in tr.waits] == [after.id]
 
 
 class Unprintable(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import threading
 import uuid
 import weakref
@@ -27,6 +28,8 @@ from ._state import RUNNING
 if TYPE_CHECKING:
     from ._future import Future
 
+logger = logging.getLogger("forkwait")
+
 # distributed is typed in part only: its clients and futures are Any here.
 Client = Any
 DaskFuture = Any
@@ -35,12 +38,15 @@ DaskFuture = Any
 class DaskCall(Remote):
     """A task on the cluster."""
 
-    __slots__ = ("fut", "task", "unsettled")
+    __slots__ = ("fut", "pending", "task", "unsettled")
 
-    def __init__(self, fut: Future[Any], task: DaskFuture) -> None:
+    def __init__(self, fut: Future[Any], task: DaskFuture, pending: set[DaskCall]) -> None:
         super().__init__()
         self.fut = fut
         self.task: DaskFuture | None = task
+        #: Its cluster's calls not settled yet, which it is one of until it is.
+        self.pending = pending
+        pending.add(self)
         #: One item, which whoever settles the future pops (list.pop is atomic): its
         #: outcome in _settle, or cancel().
         self.unsettled = [True]
@@ -65,12 +71,14 @@ class DaskCall(Remote):
 class Cluster(Target):
     """A Dask cluster, through one ``distributed.Client``."""
 
-    __slots__ = ("__weakref__", "address", "client", "name", "owned")
+    __slots__ = ("__weakref__", "address", "client", "name", "owned", "pending")
 
     def __init__(self, client: Client, owned: bool) -> None:
         self.client = client
         #: Whether forkwait opened the client (for an address), and so closes it.
         self.owned = owned
+        #: The calls not settled yet (for the one warning at exit).
+        self.pending: set[DaskCall] = set()
         self.address = str(client.scheduler.address)
         self.name = f"dask {self.address}"
 
@@ -81,7 +89,7 @@ class Cluster(Target):
         fut = new_future(RUNNING, func)
         key = f"{describe(func)}-{uuid.uuid4().hex}"  # as Dask names tasks: shown on its dashboard
         task = self.client.submit(run_on_worker, packed, key=key, pure=False)
-        handle = DaskCall(fut, task)
+        handle = DaskCall(fut, task, self.pending)
         fut._handle = handle
         # Dask runs done callbacks on one thread, where fetching each result would wait
         # for the one before: fetch on the client's event loop instead, all at once.
@@ -112,12 +120,21 @@ async def _settle(client: Client, fut: Future[Any], handle: DaskCall, task: Dask
                 )
             )
         elif task.status == "cancelled" or isinstance(exc, asyncio.CancelledError):
-            fut._set_cancelled()
+            # Not by cancel(), which settles the future first: the cluster dropped the
+            # task (its scheduler was lost, or the client restarted it). A failure, not
+            # a cancellation: nobody asked for it, and it must not go unseen.
+            error = RuntimeError(
+                f"fork({describe(fut._func)}) cannot finish: the Dask cluster at "
+                f"{client.scheduler.address} dropped its task ({type(exc).__name__}: {exc})"
+            )
+            error.__cause__ = exc
+            fut._set_exception(error)
         else:  # the task's own failure is inside the outcome: this is the cluster's
             fut._set_exception(exc)  # KilledWorker, say
         return
     finally:
         handle.task = None  # the cluster may let the result go once this is done
+        handle.pending.discard(handle)
     if handle.claim():
         settle_with_outcome(fut, handle, packed, "the cluster")
 
@@ -171,11 +188,31 @@ def cluster_at(address: str) -> Cluster:
 
 
 def _close_owned_clients() -> None:
+    """At exit: close the clients forkwait opened. Their calls still pending fail first,
+    counted in one warning, as the process pool's are (not one "never retrieved" each)."""
     with _lock:
         owned = list(_by_address.values())
         _by_address.clear()
     for cluster in owned:
+        dropped = 0
+        for handle in list(cluster.pending):
+            if handle.claim():
+                handle.fut._set_exception(
+                    RuntimeError(
+                        f"fork({describe(handle.fut._func)}) was pending on the Dask cluster "
+                        f"at {cluster.address} when the interpreter exited"
+                    )
+                )
+                handle.fut._mark_retrieved()  # the warning below counts it
+                dropped += 1
         cluster.client.close()
+        if dropped:
+            logger.warning(
+                "forkwait: at exit, %d offloaded call(s) still pending on the Dask cluster "
+                "at %s were dropped with forkwait's client of it",
+                dropped,
+                cluster.address,
+            )
 
 
 atexit.register(_close_owned_clients)

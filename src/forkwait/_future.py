@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import os
+import sys
 import threading
 import weakref
 from _thread import allocate_lock
@@ -31,6 +33,8 @@ from ._hosts import (
 )
 from ._state import CANCELLED, DONE, FAILED, QUEUED, RUNNING
 from ._threads import block_until_done, seconds
+from ._torch import clean_up as clean_torch_state
+from ._torch import is_fresh as is_fresh_torch_state
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -45,6 +49,7 @@ _LockType = type(allocate_lock())  # what a thread blocked in wait waits on
 _lists: dict[Future[Any], list[Any]] = {}
 _first_list = _lists.setdefault
 _get_running_loop = _events._get_running_loop
+_modules = sys.modules
 _AsyncioFuture = asyncio.Future
 _Task: Any = asyncio.Task
 # How many takers of a failure may still give it back: an awaiting task handed the
@@ -188,9 +193,15 @@ class Future(Generic[T]):
             return value
         if state == FAILED:
             self._mark_retrieved()
-            # Re-raise the call's own exception, with its original traceback each time
-            # (as asyncio does), so repeated retrieval does not grow it.
-            raise self._value.with_traceback(self._traceback)
+            try:
+                # Re-raise the call's own exception, with its original traceback each
+                # time (as asyncio does), so repeated retrieval does not grow it.
+                raise self._value.with_traceback(self._traceback)
+            finally:
+                # This frame is in the traceback the raise gives the exception: it must
+                # not hold the future, or the future, the exception and the call's
+                # frames keep one another alive until a garbage collection.
+                del self
         raise self._cancelled_error()
 
     def _mark_retrieved(self) -> None:
@@ -234,7 +245,10 @@ class Future(Generic[T]):
             return value
         if state < DONE:
             block_until_done(self, timeout, "result")
-        return self._outcome()
+        try:
+            return self._outcome()
+        finally:
+            del self  # see _outcome
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Block until the call finishes; its exception, or ``None`` if it returned.
@@ -262,7 +276,10 @@ class Future(Generic[T]):
             return observed_wait(self, None, "wait")
         if self._state < DONE:
             block_until_done(self, None, "wait")
-        return self._outcome()
+        try:
+            return self._outcome()
+        finally:
+            del self  # see _outcome
 
     def value(self) -> T:
         """The value of a finished call, never blocking (``torch.futures.Future.value``).
@@ -277,7 +294,10 @@ class Future(Generic[T]):
                 f"fork({describe(self._func)}) has not finished, so it has no value yet; "
                 f"call fut.wait() first, or read value() inside a then() callback"
             )
-        return self._outcome()
+        try:
+            return self._outcome()
+        finally:
+            del self  # see _outcome
 
     def __await__(self) -> Generator[Any, None, T]:
         # One generator for the whole await: a finished future (the common case after
@@ -522,7 +542,7 @@ class Future(Generic[T]):
             self._set_cancelled()
             return
         self._value = exc
-        self._traceback = exc.__traceback__
+        self._traceback = exc.__traceback__ = _from_the_call(exc.__traceback__)
         self._unretrieved = _Unretrieved(exc, describe(self._func))
         self._state = FAILED
         if self._waiters is not None:
@@ -628,6 +648,23 @@ class Future(Generic[T]):
             waiter.set_exception(self._cancelled_error())
 
 
+#: Where forkwait's own modules are: their frames that caught a call's exception.
+_OUR_FILES = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _from_the_call(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without forkwait's frames that caught the exception (keeping at least the
+    last frame): they hold the future, which holds the exception, and so would keep it
+    and the call's frames alive in a cycle until a garbage collection."""
+    while (
+        tb is not None
+        and tb.tb_next is not None
+        and tb.tb_frame.f_code.co_filename.startswith(_OUR_FILES)
+    ):
+        tb = tb.tb_next
+    return tb
+
+
 def _stop_iteration_error(fut: Future[Any], exc: StopIteration) -> RuntimeError:
     error = RuntimeError(
         f"fork({describe(fut._func)}) raised StopIteration, which cannot be raised into "
@@ -671,7 +708,15 @@ def new_future(state: int, func: object) -> Future[Any]:
 
 def _run_callback(fn: Callable[[Any], object], fut: Future[Any]) -> None:
     try:
-        fn(fut)
+        if "torch" in _modules and is_fresh_torch_state():
+            # A worker's thread (or any fresh one): a callback that turns grad mode off
+            # must not leave it off for the next call the thread runs, as no call may.
+            try:
+                fn(fut)
+            finally:
+                clean_torch_state(fn)
+        else:
+            fn(fut)
     except BaseException:
         # BaseExceptions too: raised here they would skip the other waiters and kill
         # the worker thread that happened to finish the call.

@@ -61,6 +61,10 @@ class Observer:
         """Whether a wait registered with ``interrupt_with`` must end in ``CancelledError``."""
         return False
 
+    #: Its runner runs every call in order, in the forking thread (sequential mode): it
+    #: wins over an offload target, inside or around it, as debugging needs.
+    runs_in_order = False
+
     def runner(self) -> Any:
         """What runs forked calls instead of the loops and threads: sequential mode, or an
         offload target (``run(func, wrapped, args, kwargs, is_async) -> Future``)."""
@@ -112,7 +116,10 @@ class Chain(Observer):
         return self.outer.interrupted() or self.inner.interrupted()
 
     def runner(self) -> Any:
-        return self.inner.runner() or self.outer.runner()
+        inner, outer = self.inner.runner(), self.outer.runner()
+        if outer is not None and outer.runs_in_order:
+            return outer  # sequential mode around an offload block
+        return inner or outer
 
 
 current_observer: contextvars.ContextVar[Observer | None] = contextvars.ContextVar(

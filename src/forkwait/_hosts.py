@@ -58,9 +58,10 @@ thread_state = ThreadState()
 UNRESOLVED: Any = object()
 
 #: Inside a forked sync call: the loop it works for (spec rule 2), how many queued
-#: calls its thread is running inline, one inside the other, the call's own future, and
-#: the thread running it. Each call runs in a context of its own, so a context variable
-#: is per call, and reading one costs a third of reading a thread-local. A copy of the
+#: calls its thread is running inline, one inside the other, the id of the call's own
+#: future (not the future: see run_call), and the thread running it. Each call runs in a
+#: context of its own, so a context variable is per call, and reading one costs a third
+#: of reading a thread-local. A copy of the
 #: context that another thread runs in (anyio's to_thread, a then() callback) carries
 #: the frame along; there it is not that thread's, which the thread id tells.
 call_frame: contextvars.ContextVar[tuple[Host, int, Any, int]] = contextvars.ContextVar(
@@ -188,6 +189,7 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
         close_awaitable(awaitable)  # if it never started (cancelled at SUSPEND), it never will
         fut._handle = None
         fut._set_exception(exc)
+        del fut  # the call's frames keep this one: see run_call
     else:
         # fut._set_result(value), inlined: every task ends here.
         fut._handle = None  # the finished task is no longer needed for cancel()

@@ -39,6 +39,8 @@ class Sequential(Observer):
 
     __slots__ = ("_last",)
 
+    runs_in_order = True
+
     def __init__(self) -> None:
         #: By loop and forking coroutine: the coroutine forked there last, which the next
         #: one waits for. Per loop: a sync call running inline may run a loop of its own
@@ -86,6 +88,12 @@ class Sequential(Observer):
                     # of our own here would block that one, which the awaitable may need.
                     return self._queue_awaitable(host, func, value, context)
                 value = context.run(_run_to_end, value)
+        except KeyboardInterrupt as exc:
+            # Ctrl-C, which lands in the one thread that runs everything here: it stops
+            # the program, as it would the same calls made without fork.
+            fut._set_exception(exc)
+            fut._mark_retrieved()
+            raise
         except BaseException as exc:
             fut._set_exception(exc)
         else:

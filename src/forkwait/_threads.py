@@ -101,11 +101,15 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     """Run a taken sync call in this thread, ``depth`` calls deep inline, and settle ``fut``."""
     func, args, kwargs, context, host = call
     try:
-        value = context.run(_enter, (host, depth, fut, get_ident()), func, args, kwargs)
+        value = context.run(_enter, (host, depth, id(fut), get_ident()), func, args, kwargs)
     except BaseException as exc:
         if "torch" in _modules:
             clean_torch_state(func)
         fut._set_exception(exc)
+        # The call's frames, in the exception's traceback, keep this frame (their caller)
+        # and _enter's: neither may hold the future (so _enter has only its id), or the
+        # future, the exception and the frames keep one another alive in a cycle.
+        del fut
         return
     if "torch" in _modules:  # a call that left grad mode off must not leave it to the next
         clean_torch_state(func)
@@ -273,7 +277,9 @@ class WorkerPool:
             if fut is None:
                 starved = False  # the backlog it was started for is gone: a worker as any
                 parked.append(wake)
-                if jobs:  # a job came before we were visible as idle: stay awake
+                if jobs or self._running > self._limit:
+                    # A job came before we were visible as idle: stay awake. Or the pool
+                    # closed (or shrank) before that, and nobody would wake us to leave.
                     self._unpark(wake)
                     continue
                 idle_too_long = not wake.acquire(True, self.idle_seconds)
@@ -573,7 +579,18 @@ def run_inline(fut: Future[Any]) -> bool:
         func, args, kwargs, context, host = call
         call = (bind_torch_inline(func), args, kwargs, context, host)
     run_call(fut, call, depth + 1)
+    # run_call settled it: pyright takes fut._state for the RUNNING set above.
+    failed = fut._state == FAILED  # pyright: ignore[reportUnnecessaryComparison]
+    if failed and type(fut._value) is KeyboardInterrupt and _in_main_thread():
+        # Ctrl-C, which lands in the main thread: in the call it ran for a waiter, it
+        # is the waiter's own, and stops it now, not once the futures before it are done.
+        fut._mark_retrieved()
+        raise fut._value
     return True
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def run_queued(futs: list[Future[Any]]) -> None:
@@ -739,7 +756,7 @@ def refuse_hopeless_wait(fut: Future[Any]) -> None:
     """Raise instead of blocking for good: on the call's own future from inside the
     call, or on a task whose event loop has been closed (it can never finish)."""
     _, _, own, thread = get_call_frame()
-    if own is fut and thread == get_ident():  # not a then() callback in another thread
+    if own == id(fut) and thread == get_ident():  # not a then() callback in another thread
         raise RuntimeError(
             f"fork({describe(fut._func)}) waits on its own future from inside the call: "
             f"it would wait forever; return the value instead of waiting for it"

@@ -127,7 +127,10 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
         if state == DONE:
             value: T = future._value  # typed by assignment: a cast() would be a call
             return value
-        return future._outcome()
+        try:
+            return future._outcome()
+        finally:
+            del future  # this frame is in the traceback: see Future._outcome
     source = future if timeout is None else _with_timeout(future, timeout)
     # In async code the value arrives through the awaitable; typed as T for sync
     # callers, whose use is the common one (async code has `await fut`).
