@@ -273,8 +273,8 @@ def abandon_if_it_cannot_finish(fut: Future[Any]) -> None:
         fut._handle = None
 
 
-#: How often a wait on a task of another thread's event loop looks whether that loop
-#: was closed meanwhile, with the task unfinished: then it never finishes.
+#: How often a blocked wait looks whether its call can still finish: a task whose app
+#: closed its loop meanwhile, the task unfinished, never does.
 LOOK_AGAIN_SECONDS = 1.0
 
 
@@ -293,14 +293,13 @@ def loop_that_may_close(fut: Future[Any]) -> asyncio.AbstractEventLoop | None:
     return None if loop is runtime.current_loop() else loop
 
 
-def acquire_while_it_can_finish(lock: Any, fut: Future[Any], timeout: float | None) -> bool:
-    """``lock.acquire`` for a thread blocked on ``fut``: on a task of an app's loop, it
-    looks again every second whether that loop was closed meanwhile (which fails ``fut``
-    and so releases ``lock``), rather than block for good."""
-    if loop_that_may_close(fut) is None:
-        return lock.acquire(True, -1 if timeout is None else max(timeout, 0.0))  # type: ignore[no-any-return]
-    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+def keep_acquiring(lock: Any, fut: Future[Any], deadline: float | None) -> bool:
+    """``lock.acquire`` for a thread blocked on ``fut`` that has waited a first
+    ``LOOK_AGAIN_SECONDS`` already: every so often it looks whether the call can still
+    finish (its loop may have been closed meanwhile, which fails ``fut`` and so releases
+    ``lock``), rather than block for good. ``False`` at ``deadline`` (``time.monotonic``)."""
     while True:
+        abandon_if_it_cannot_finish(fut)
         step = LOOK_AGAIN_SECONDS
         if deadline is not None:
             step = max(min(step, deadline - time.monotonic()), 0.0)
@@ -308,7 +307,6 @@ def acquire_while_it_can_finish(lock: Any, fut: Future[Any], timeout: float | No
             return True
         if deadline is not None and time.monotonic() >= deadline:
             return False
-        abandon_if_it_cannot_finish(fut)
 
 
 def _abandon(fut: Future[Any], why: str) -> bool:

@@ -38,14 +38,15 @@ from typing import TYPE_CHECKING, Any, cast
 from ._callables import describe
 from ._config import settings
 from ._hosts import (
+    LOOK_AGAIN_SECONDS,
     Host,
     HostedTask,
     Members,
     abandon_if_it_cannot_finish,
-    acquire_while_it_can_finish,
     call_frame,
     get_call_frame,
     get_ident,
+    keep_acquiring,
     spawn,
     stranded_calls,
     take,
@@ -637,7 +638,10 @@ def block(fut: Future[Any], timeout: float | None) -> None:
     if worker is not None:
         worker.block_released()  # rule 2
     try:
-        woken = acquire_while_it_can_finish(waiter, fut, timeout)
+        if timeout is None:  # _acquire, inlined: the sync hot path
+            woken = waiter.acquire(True, LOOK_AGAIN_SECONDS) or keep_acquiring(waiter, fut, None)
+        else:
+            woken = _acquire(waiter, fut, timeout)
     except BaseException:  # interrupted (Ctrl-C): this thread will not raise a failure
         if not fut._remove_waiter(waiter):  # a drainer took it: it marks a failure taken
             _await_release(waiter)
@@ -651,6 +655,17 @@ def block(fut: Future[Any], timeout: float | None) -> None:
         if fut._state >= DONE:  # it finished as the wait timed out: not a timeout
             return
         raise TimeoutError(f"{fut!r} did not finish within {timeout} seconds; it keeps running")
+
+
+def _acquire(lock: Any, fut: Future[Any], timeout: float | None) -> bool:
+    """``lock.acquire`` for a thread blocked on ``fut``; past a first second, it looks
+    every second whether the call can still finish (see keep_acquiring)."""
+    if timeout is None:
+        return lock.acquire(True, LOOK_AGAIN_SECONDS) or keep_acquiring(lock, fut, None)
+    if timeout <= LOOK_AGAIN_SECONDS:
+        return lock.acquire(True, max(timeout, 0.0))  # type: ignore[no-any-return]
+    deadline = time.monotonic() + timeout
+    return lock.acquire(True, LOOK_AGAIN_SECONDS) or keep_acquiring(lock, fut, deadline)
 
 
 class _WakeOnce:
@@ -726,7 +741,7 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
     if worker is not None:
         worker.block_released()  # rule 2
     try:
-        woken = acquire_while_it_can_finish(wake.lock, fut, timeout)
+        woken = _acquire(wake.lock, fut, timeout)
     except BaseException:  # interrupted (Ctrl-C): this thread will not raise a failure
         wake.give_back(fut)
         raise
