@@ -189,6 +189,37 @@ def test_the_child_of_os_fork_can_fork_and_wait() -> None:
     assert "child exit 0" in result.stdout, result.stderr
 
 
+def test_the_child_of_os_fork_made_in_a_trio_task_runs_as_plain_sync_code() -> None:
+    """multiprocessing's fork start method, from trio code: the trio run is the parent's
+    (as asyncio's loop is), so the child's waits block and its coroutines get a runtime."""
+    result = run_script(
+        """
+        import os, sys, trio
+        from forkwait import fork, wait
+
+        async def double(x):
+            return 2 * x
+
+        async def main():
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    ok = wait(fork(abs, -5)) == 5
+                    ok = ok and fork(double, 21).result(timeout=10) == 42
+                except BaseException as exc:
+                    print("child failed:", repr(exc), file=sys.stderr)
+                    ok = False
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+            print("child exit", os.waitstatus_to_exitcode(status))
+
+        trio.run(main)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "child exit 0" in result.stdout, result.stderr
+
+
 def test_the_child_of_os_fork_is_told_that_a_call_running_in_the_parent_never_finishes() -> None:
     """A sync call running in a worker thread and a task on the default runtime, when
     os.fork() copies the process: in the child their threads do not exist, so a wait

@@ -601,6 +601,44 @@ def test_an_await_from_another_loop_that_began_before_the_loop_closed_says_so() 
     closer.join(10)
 
 
+def test_a_trio_await_that_began_before_the_loop_closed_says_so() -> None:
+    import trio
+
+    fut, close = _fork_on_a_loop_of_its_own()
+
+    async def from_trio() -> None:
+        with trio.fail_after(30), pytest.raises(RuntimeError, match="its task was closed"):
+            await fut
+
+    closer = threading.Thread(target=close)
+    closer.start()
+    trio.run(from_trio)
+    closer.join(10)
+
+
+@pytest.mark.asyncio
+async def test_a_task_factory_that_refuses_a_fork_fails_its_future() -> None:
+    """A coroutine a worker thread forks onto this loop: the factory's error reaches the
+    waiter, where it was only logged and the future never settled."""
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    def forks_onto_the_loop() -> int:
+        return wait(fork(double, 1), timeout=10)
+
+    def refusing(loop: Any, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        raise TypeError("refused by the task factory")
+
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(refusing)
+    try:
+        with pytest.raises(TypeError, match="refused by the task factory"):
+            await fork(forks_onto_the_loop)
+    finally:
+        loop.set_task_factory(None)
+
+
 def _dedent(code: str) -> str:
     import textwrap
 

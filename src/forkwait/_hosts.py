@@ -119,11 +119,10 @@ def _is_trio_token(obj: object) -> bool:
 
 
 def _forget_hosts_in_child() -> None:
-    """In a child made by ``os.fork`` from a thread that worked for a loop (or trio run)
-    of another thread: that loop runs in the parent only, so forks made here go to the
-    child's own runtime, as from plain sync code."""
-    if _get_running_loop() is not None or trio_token() is not None:
-        return  # this thread's own loop: it goes on running in the child
+    """In a child made by ``os.fork``: the loop (or trio run) that the forking thread ran
+    or worked for runs in the parent only, so forks made here go to the child's own
+    runtime, as from plain sync code. (asyncio forgets its running loop in a child too;
+    a trio run that went on would share the parent's I/O state.)"""
     call_frame.set((UNRESOLVED, 0, None, 0))  # in the context the child goes on in
     anyio_loop = _modules.get("anyio._core._eventloop")
     if anyio_loop is not None:  # an anyio worker thread's loop, see thread_host
@@ -400,7 +399,12 @@ def _start(
         fut._state = RUNNING
     loop = _get_running_loop()
     assert loop is not None
-    fut._handle = loop.create_task(driver(fut, awaitable), context=context)
+    try:
+        fut._handle = loop.create_task(driver(fut, awaitable), context=context)
+    except Exception as exc:  # the app's task factory refused it: the waiter hears why
+        fut._handle = None
+        close_awaitable(awaitable)
+        fut._set_exception(exc)
 
 
 def close_awaitable(awaitable: object) -> None:

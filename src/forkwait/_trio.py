@@ -23,7 +23,17 @@ import trio
 from ._callables import describe
 from ._future import handing_over
 from ._hooks import get_observer
-from ._hosts import HostedTask, OnItsWay, Slot, close_awaitable, fail_to_start, take
+from ._hosts import (
+    LOOK_AGAIN_SECONDS,
+    HostedTask,
+    OnItsWay,
+    Slot,
+    abandon_if_it_cannot_finish,
+    close_awaitable,
+    fail_to_start,
+    loop_that_may_close,
+    take,
+)
 from ._state import DONE, FAILED, RUNNING
 
 if TYPE_CHECKING:
@@ -229,10 +239,14 @@ async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
     """``await fut`` in a trio task of the run of ``token``: the value, or the call's exception."""
     observer = get_observer()
     stopped = observer.waiting(fut) if observer is not None else None
+    watch: threading.Event | None = None
     try:
+        abandon_if_it_cannot_finish(fut)  # a task of a loop closed already, say
         if fut._state >= DONE:
             await trio.lowlevel.checkpoint()
             return fut._outcome()
+        if loop_that_may_close(fut) is not None:
+            watch = _look_again_later(fut)  # that loop may close while this task waits
         # Registered before the fork's task runs: trio may run this task after whoever
         # judges failures next (a scope, a task group's keeper), and the waiter marks a
         # failure retrieved the moment the call ends.
@@ -254,5 +268,21 @@ async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
             raise
         return fut._outcome()
     finally:
+        if watch is not None:
+            watch.set()
         if stopped is not None:
             stopped()
+
+
+def _look_again_later(fut: Future[Any]) -> threading.Event:
+    """For a trio task awaiting ``fut`` of an app's asyncio loop: look every second, from
+    a thread of its own (trio has no timers outside its tasks), whether that loop was
+    closed meanwhile, which fails ``fut`` and so wakes the task. Set the event to stop."""
+    stop = threading.Event()
+
+    def looking() -> None:
+        while not stop.wait(LOOK_AGAIN_SECONDS) and fut._state < DONE:
+            abandon_if_it_cannot_finish(fut)
+
+    threading.Thread(target=looking, name="forkwait-loop-watch", daemon=True).start()
+    return stop
