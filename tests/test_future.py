@@ -241,6 +241,30 @@ def test_a_then_callback_made_inside_a_call_may_wait_for_that_call() -> None:
         wait(box[1])
 
 
+def test_a_then_callback_made_in_a_call_waits_on_new_futures_in_that_calls_thread(
+    max_threads: Any,
+) -> None:
+    """It runs later in the worker that ran the call, with a copy of the call's context:
+    a new future there is not the call's own, even where it takes the call's old place
+    in memory."""
+    max_threads(1)
+
+    async def value() -> str:
+        return "new"
+
+    def made_in_a_call(gate: threading.Event, out: list[Future[str]]) -> None:
+        queued = fork(gate.wait, 10)  # behind this call, on the one worker
+        out.append(queued.then(lambda _: wait(fork(value))))
+
+    for _ in range(50):
+        gate, out = threading.Event(), []
+        call = fork(made_in_a_call, gate, out)
+        assert call.exception(timeout=10) is None  # with a timeout: never run inline here
+        del call  # its memory may go to the callback's new future
+        gate.set()
+        assert wait(out.pop(), timeout=10) == "new"
+
+
 @pytest.mark.anyio
 async def test_then_is_awaitable_from_async_code() -> None:
     """The chained future is an ordinary Future: await it."""

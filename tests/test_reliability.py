@@ -14,6 +14,7 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -505,6 +506,25 @@ def test_ctrl_c_in_a_sync_scopes_body_leaves_without_waiting_for_running_forks()
     finally:
         release.set()
     assert wait(fut) is None
+
+
+def test_a_sync_scope_left_by_generator_exit_still_waits_for_its_forks() -> None:
+    """Only Ctrl-C leaves without waiting: a generator closed in the scope's body
+    leaves it once its forks are done, as any other exception does."""
+    closing = threading.Event()
+    forks: list[Future[bool]] = []
+
+    def body() -> Iterator[None]:
+        with forkwait.scope():
+            forks.append(fork(closing.wait, 10))
+            yield
+
+    gen = body()
+    next(gen)
+    closing.set()
+    with pytest.raises(BaseExceptionGroup):
+        gen.close()
+    assert forks[0].done()
 
 
 def test_ctrl_c_in_a_call_wait_all_runs_inline_stops_the_wait_at_once(max_threads: Any) -> None:

@@ -8,6 +8,7 @@ import gc
 import math
 import pickle
 import threading
+import warnings
 from typing import Any
 
 import anyio
@@ -67,6 +68,28 @@ async def test_a_wait_never_awaited_warns() -> None:
         forget_to_await()
     assert record[0].filename == __file__  # the line that forgot, not forkwait's
     await fut
+
+
+@pytest.mark.anyio
+async def test_the_never_awaited_warning_obeys_warning_filters_as_warnings_warn_does() -> None:
+    """Once per line under the default action, and a filter by module applies."""
+    fut = fork(echo, "v")
+    await fut
+
+    def forget_three_times() -> None:
+        for _ in range(3):
+            wait(fut)  # dropped: never awaited, the same line each time
+            gc.collect()
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        forget_three_times()
+    assert [(w.filename, w.category) for w in shown] == [(__file__, RuntimeWarning)]
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=__name__)
+        forget_three_times()
+    assert shown == []
 
 
 @pytest.mark.asyncio

@@ -58,8 +58,8 @@ thread_state = ThreadState()
 UNRESOLVED: Any = object()
 
 #: Inside a forked sync call: the loop it works for (spec rule 2), how many queued
-#: calls its thread is running inline, one inside the other, the id of the call's own
-#: future (not the future: see run_call), and the thread running it. Each call runs in a
+#: calls its thread is running inline, one inside the other, the call's own future, and
+#: the thread running it. Each call runs in a
 #: context of its own, so a context variable is per call, and reading one costs a third
 #: of reading a thread-local. A copy of the
 #: context that another thread runs in (anyio's to_thread, a then() callback) carries

@@ -235,7 +235,7 @@ class Scope(Observer):
             return False  # the task group waits for the forks, and raises their failures
         if exc is not None:
             self.cancel()
-            if not isinstance(exc, Exception):  # Ctrl-C in the body: stop the forks, then go
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: stop the forks, then go
                 return False
         from ._future import CancelledError
         from ._threads import block_until_done

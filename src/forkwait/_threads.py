@@ -95,6 +95,7 @@ def _enter(
     kwargs: dict[str, Any],
 ) -> Any:
     _set_call_frame(frame)  # in the call's own context, so nothing to restore
+    del frame  # the call's frames keep this one, which must not keep the future: run_call
     return func(*args, **kwargs) if kwargs else func(*args)  # no copy of an empty dict
 
 
@@ -102,15 +103,16 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     """Run a taken sync call in this thread, ``depth`` calls deep inline, and settle ``fut``."""
     func, args, kwargs, context, host = call
     try:
-        value = context.run(_enter, (host, depth, id(fut), get_ident()), func, args, kwargs)
+        value = context.run(_enter, (host, depth, fut, get_ident()), func, args, kwargs)
     except BaseException as exc:
         if "torch" in _modules:
             clean_torch_state(func)
         fut._set_exception(exc)
         # The call's frames, in the exception's traceback, keep this frame (their caller)
-        # and _enter's: neither may hold the future (so _enter has only its id), or the
-        # future, the exception and the frames keep one another alive in a cycle.
-        del fut
+        # and _enter's: neither may hold the future (nor the call's context, which holds
+        # it in the call frame), or the future, the exception and the frames keep one
+        # another alive in a cycle until a garbage collection.
+        del fut, call, context
         return
     if "torch" in _modules:  # a call that left grad mode off must not leave it to the next
         clean_torch_state(func)
@@ -771,7 +773,7 @@ def refuse_hopeless_wait(fut: Future[Any]) -> None:
     """Raise instead of blocking for good: on the call's own future from inside the
     call, or on a task whose event loop has been closed (it can never finish)."""
     _, _, own, thread = get_call_frame()
-    if own == id(fut) and thread == get_ident():  # not a then() callback in another thread
+    if own is fut and thread == get_ident():  # not a then() callback in another thread
         raise RuntimeError(
             f"fork({describe(fut._func)}) waits on its own future from inside the call: "
             f"it would wait forever; return the value instead of waiting for it"

@@ -32,7 +32,7 @@ class _Waiting(Generic[T]):
 
     __slots__ = ("_awaited", "_source", "_steps", "_what", "_where")
 
-    def __init__(self, source: Awaitable[T], what: str, where: tuple[str, int]) -> None:
+    def __init__(self, source: Awaitable[T], what: str, where: _Where) -> None:
         self._source = source
         self._what = what
         self._where = where  # the caller's file and line, for the warning
@@ -67,13 +67,15 @@ class _Waiting(Generic[T]):
     def __del__(self) -> None:
         if not self._awaited:
             _close(self._source)  # ours says it better than "coroutine ... never awaited"
-            filename, lineno = self._where
+            filename, lineno, module, registry = self._where
             warnings.warn_explicit(
                 f"{self._what} was called in async code but never awaited; "
                 f"write `value = await {self._what}`",
                 RuntimeWarning,
                 filename,
                 lineno,
+                module,
+                registry,
             )
 
 
@@ -82,10 +84,17 @@ def _close(source: object) -> None:
         source.close()
 
 
-def _caller() -> tuple[str, int]:
-    """The file and line of the code that called the caller."""
+#: Where a warning points: file, line, module and the module's warnings registry.
+_Where = tuple[str, int, str, dict[Any, Any]]
+
+
+def _caller() -> _Where:
+    """Where the code that called the caller is, for a warning about it, as
+    ``warnings.warn`` would find it (its filters by module, once per line)."""
     frame = sys._getframe(2)
-    return frame.f_code.co_filename, frame.f_lineno
+    found: dict[str, Any] = frame.f_globals
+    registry: dict[Any, Any] = found.setdefault("__warningregistry__", {})
+    return frame.f_code.co_filename, frame.f_lineno, found.get("__name__", "<unknown>"), registry
 
 
 def _not_a_future(future: object, api: str) -> TypeError:
