@@ -551,6 +551,34 @@ def test_ctrl_c_in_a_call_wait_all_runs_inline_stops_the_wait_at_once(max_thread
     assert wait(first) is None
 
 
+def test_a_keyboard_interrupt_a_call_raises_is_its_outcome_where_outcomes_are_not_raised(
+    max_threads: Any,
+) -> None:
+    """exception() and collect_all() hand it back, as any failure, even when this thread
+    ran the call: only a wait for outcomes raises it early."""
+    max_threads(1)
+    release, started = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt("the call's own")
+
+    first = fork(hold)
+    try:
+        assert started.wait(10)
+        assert isinstance(fork(interrupted).exception(), KeyboardInterrupt)  # run here
+        both = forkwait.collect_all([first, fork(interrupted)])
+        release.set()
+        held, failed = both.wait()
+        assert held.done()
+        assert isinstance(failed.exception(), KeyboardInterrupt)
+    finally:
+        release.set()
+
+
 def test_a_worker_started_beyond_the_limit_after_the_pool_closed_leaves_at_once() -> None:
     """As the watchdog's start may race close() at exit: with nothing to do, it leaves
     rather than park where nobody would wake it (and be counted as busy at exit)."""
@@ -634,6 +662,45 @@ def test_a_trio_await_that_began_before_the_loop_closed_says_so() -> None:
     closer.start()
     trio.run(from_trio)
     closer.join(10)
+
+
+def test_trio_awaits_of_an_app_loops_futures_share_one_watcher_thread() -> None:
+    import trio
+    import trio.testing
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    release = asyncio.Event()
+
+    async def held() -> int:
+        await release.wait()
+        return 1
+
+    async def start() -> list[Future[int]]:
+        return [fork(held) for _ in range(50)]
+
+    futs = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    watchers: list[int] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for fut in futs:
+                nursery.start_soon(wait_for, fut)
+            await trio.testing.wait_all_tasks_blocked()
+            watchers.append(sum(t.name == "forkwait-loop-watch" for t in threading.enumerate()))
+            loop.call_soon_threadsafe(release.set)
+
+    async def wait_for(fut: Future[int]) -> None:
+        assert await fut == 1
+
+    try:
+        trio.run(main)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    assert watchers == [1]
 
 
 @pytest.mark.asyncio

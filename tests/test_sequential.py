@@ -234,6 +234,27 @@ def test_sequential_mode_wins_over_an_offload_block_inside_it() -> None:
         assert wait(fork(os.getpid)) == os.getpid()  # no worker process was started
 
 
+@pytest.mark.anyio
+async def test_a_long_then_chain_in_sequential_mode_stays_in_the_loops_thread() -> None:
+    """No worker thread goes on with it (as one does in parallel mode past 16 links)."""
+    threads: set[threading.Thread] = set()
+
+    async def zero() -> int:
+        await anyio.lowlevel.checkpoint()
+        return 0
+
+    def link(done: forkwait.Future[int]) -> int:
+        threads.add(threading.current_thread())
+        return done.value() + 1
+
+    with forkwait.sequential():
+        chained = fork(zero)  # a task, pending while the chain is built on it
+        for _ in range(60):
+            chained = chained.then(link)
+    assert await chained == 60
+    assert threads == {threading.current_thread()}
+
+
 def test_ctrl_c_in_a_call_in_sequential_mode_stops_the_program() -> None:
     """It lands in the one thread that runs everything, as it would without fork: the
     calls forked after it do not run."""

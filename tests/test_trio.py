@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import trio
 import trio.lowlevel
@@ -266,3 +268,21 @@ def test_a_callable_object_whose_repr_fails_still_forks() -> None:
         return await fork(_AsyncModel(), 21)
 
     assert trio.run(main) == 42
+
+
+def test_a_then_callback_of_a_trio_app_forks_anyio_coroutines_onto_asyncio() -> None:
+    """The callback runs in a worker thread with a copy of the trio task's context, which
+    tells sniffio (and so anyio) "trio": the coroutine it forks runs on the default
+    runtime, where that must not hold."""
+
+    async def uses_anyio() -> str:
+        await anyio.lowlevel.checkpoint()  # anyio asks sniffio which library runs it
+        return "ran"
+
+    def callback(_: Future[None]) -> str:
+        return wait(fork(uses_anyio), timeout=10)
+
+    async def main() -> str:
+        return await fork(time.sleep, 0.01).then(callback)
+
+    assert anyio.run(main, backend="trio") == "ran"

@@ -164,10 +164,13 @@ def chain(
     if "torch" in _modules:  # as torch's then(): fn runs under the caller's torch state
         fn = bind_torch_state(fn)
     host = current_host()  # the loop an awaitable from fn goes to: the caller's
+    observer = get_observer()
+    runner = observer.runner() if observer is not None else None
+    in_order = runner is not None and runner.runs_in_order  # sequential mode: no workers
 
     def run_fn(done: Future[Any]) -> None:
         depth = thread_state.then_depth
-        if depth >= _MAX_NESTED_THEN:  # a long chain: go on with a fresh stack
+        if depth >= _MAX_NESTED_THEN and not in_order:  # a long chain: a fresh stack
             call_in_a_worker(run_fn, done)
             return
         if take(child) is None:

@@ -399,6 +399,11 @@ def _start(
         fut._state = RUNNING
     loop = _get_running_loop()
     assert loop is not None
+    sniffio = _modules.get("sniffio")
+    if sniffio is not None and context.get(sniffio.current_async_library_cvar) is not None:
+        # A context copied from a trio task (a then() callback's, say): here asyncio
+        # runs the coroutine, which sniffio (and so anyio) must see.
+        context.run(sniffio.current_async_library_cvar.set, None)
     try:
         fut._handle = loop.create_task(driver(fut, awaitable), context=context)
     except Exception as exc:  # the app's task factory refused it: the waiter hears why

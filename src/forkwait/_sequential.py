@@ -30,6 +30,7 @@ from ._future import Future, new_future
 from ._hooks import Observer, current_observer, install
 from ._hosts import Slot, close_awaitable, spawn, thread_state, trio_token
 from ._state import QUEUED, RUNNING
+from ._threads import interrupted_here
 
 _AsyncioLoop = asyncio.AbstractEventLoop
 
@@ -88,14 +89,13 @@ class Sequential(Observer):
                     # of our own here would block that one, which the awaitable may need.
                     return self._queue_awaitable(host, func, value, context)
                 value = context.run(_run_to_end, value)
-        except KeyboardInterrupt as exc:
-            # Ctrl-C, which lands in the one thread that runs everything here: it stops
-            # the program, as it would the same calls made without fork.
-            fut._set_exception(exc)
-            fut._mark_retrieved()
-            raise
         except BaseException as exc:
             fut._set_exception(exc)
+            if interrupted_here(fut):
+                # Ctrl-C, which lands in the main thread, here running everything: it
+                # stops the program, as it would the same calls made without fork.
+                fut._mark_retrieved()
+                raise
         else:
             fut._set_result(value)
         return fut

@@ -582,32 +582,33 @@ def run_inline(fut: Future[Any]) -> bool:
         func, args, kwargs, context, host = call
         call = (bind_torch_inline(func), args, kwargs, context, host)
     run_call(fut, call, depth + 1)
-    # run_call settled it: pyright takes fut._state for the RUNNING set above.
-    failed = fut._state == FAILED  # pyright: ignore[reportUnnecessaryComparison]
-    if failed and type(fut._value) is KeyboardInterrupt and _in_main_thread():
-        # Ctrl-C, which lands in the main thread: in the call it ran for a waiter, it
-        # is the waiter's own, and stops it now, not once the futures before it are done.
-        fut._mark_retrieved()
-        raise fut._value
     return True
 
 
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+def interrupted_here(fut: Future[Any]) -> bool:
+    """Whether ``fut``, which this thread ran, failed with a KeyboardInterrupt in the main
+    thread: Ctrl-C, most likely, which is the thread's own and must stop it now."""
+    return (
+        fut._state == FAILED
+        and type(fut._value) is KeyboardInterrupt
+        and threading.current_thread() is threading.main_thread()
+    )
 
 
-def run_queued(futs: list[Future[Any]]) -> None:
+def run_queued(futs: list[Future[Any]]) -> Future[Any] | None:
     """Rule 1 for a fan-in: run here, in order, each of ``futs`` that no worker has
     taken yet, rather than block on the first while the others wait for a worker.
 
-    Stops at a failure, which the waiter is about to raise: one it passes, or one it ran.
+    Stops at a failure, which the waiter is about to raise: one it passes, or one it ran
+    (which it returns).
     """
     for fut in futs:
         state = fut._state
-        if state > DONE or (
-            state == QUEUED and type(fut._handle) is list and run_inline(fut) and fut._state > DONE
-        ):
-            return
+        if state > DONE:
+            return None
+        if state == QUEUED and type(fut._handle) is list and run_inline(fut) and fut._state > DONE:
+            return fut
+    return None
 
 
 def block(fut: Future[Any], timeout: float | None) -> None:

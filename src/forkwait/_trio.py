@@ -239,14 +239,15 @@ async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
     """``await fut`` in a trio task of the run of ``token``: the value, or the call's exception."""
     observer = get_observer()
     stopped = observer.waiting(fut) if observer is not None else None
-    watch: threading.Event | None = None
+    watched = False
     try:
         abandon_if_it_cannot_finish(fut)  # a task of a loop closed already, say
         if fut._state >= DONE:
             await trio.lowlevel.checkpoint()
             return fut._outcome()
         if loop_that_may_close(fut) is not None:
-            watch = _look_again_later(fut)  # that loop may close while this task waits
+            _look_again_later(fut)  # that loop may close while this task waits
+            watched = True
         # Registered before the fork's task runs: trio may run this task after whoever
         # judges failures next (a scope, a task group's keeper), and the waiter marks a
         # failure retrieved the moment the call ends.
@@ -268,21 +269,47 @@ async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
             raise
         return fut._outcome()
     finally:
-        if watch is not None:
-            watch.set()
+        if watched:
+            _stop_looking(fut)
         if stopped is not None:
             stopped()
 
 
-def _look_again_later(fut: Future[Any]) -> threading.Event:
-    """For a trio task awaiting ``fut`` of an app's asyncio loop: look every second, from
-    a thread of its own (trio has no timers outside its tasks), whether that loop was
-    closed meanwhile, which fails ``fut`` and so wakes the task. Set the event to stop."""
-    stop = threading.Event()
+#: Futures of apps' asyncio loops that trio tasks await (each once per awaiting task),
+#: and the one thread that looks at them every second (trio has no timers outside its
+#: tasks): a loop closed meanwhile fails its futures, and so wakes their awaiters.
+_watched: dict[Future[Any], int] = {}
+_watched_lock = threading.Lock()
+_watcher: threading.Thread | None = None
 
-    def looking() -> None:
-        while not stop.wait(LOOK_AGAIN_SECONDS) and fut._state < DONE:
-            abandon_if_it_cannot_finish(fut)
 
-    threading.Thread(target=looking, name="forkwait-loop-watch", daemon=True).start()
-    return stop
+def _look_again_later(fut: Future[Any]) -> None:
+    """Watch ``fut`` for the trio task about to await it; ``_stop_looking`` after."""
+    global _watcher
+    with _watched_lock:
+        _watched[fut] = _watched.get(fut, 0) + 1
+        if _watcher is None:
+            _watcher = threading.Thread(target=_look, name="forkwait-loop-watch", daemon=True)
+            _watcher.start()
+
+
+def _stop_looking(fut: Future[Any]) -> None:
+    with _watched_lock:
+        left = _watched.pop(fut, 1) - 1
+        if left > 0:
+            _watched[fut] = left
+
+
+def _look() -> None:
+    global _watcher
+    pause = threading.Event()  # never set: a timer
+    while True:
+        pause.wait(LOOK_AGAIN_SECONDS)
+        with _watched_lock:
+            futs = list(_watched)
+            if not futs:
+                _watcher = None
+                return
+        for fut in futs:
+            if fut._state < DONE:
+                abandon_if_it_cannot_finish(fut)

@@ -14,7 +14,7 @@ from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
 from ._hosts import Members, take, trio_token
 from ._state import DONE, QUEUED, RUNNING
-from ._threads import block, run_inline, run_queued, seconds
+from ._threads import block, interrupted_here, run_inline, run_queued, seconds
 
 T = TypeVar("T")
 
@@ -174,7 +174,9 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
     if _get_running_loop() is None and trio_token() is None:
         if timeout is None:
             if get_observer() is None:  # a scope's or trace's waits go through result()
-                run_queued(futs)
+                ran = run_queued(futs)
+                if ran is not None and interrupted_here(ran):
+                    ran.result()  # Ctrl-C: now, not once the futures before it are done
             return [fut.result() for fut in futs]
         deadline = time.monotonic() + timeout
         values: list[T] = []
