@@ -220,6 +220,68 @@ def test_the_child_of_os_fork_made_in_a_trio_task_runs_as_plain_sync_code() -> N
     assert "child exit 0" in result.stdout, result.stderr
 
 
+def test_the_child_of_os_fork_watches_its_own_trio_awaits_of_app_loops() -> None:
+    """The parent's watcher thread (forked while a trio task awaited a future of an app's
+    loop) is not in the child: the child's awaits get one of their own."""
+    result = run_script(
+        """
+        import asyncio, os, threading, trio
+        from forkwait import fork
+
+        def a_loop():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, daemon=True)
+            thread.start()
+            return loop, thread
+
+        async def forever():
+            await asyncio.Event().wait()
+
+        async def start():
+            return fork(forever)
+
+        def close(loop, thread):
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+        async def await_it(loop, thread, then_close):
+            fut = asyncio.run_coroutine_threadsafe(start(), loop).result()
+            async with trio.open_nursery() as nursery:
+                if then_close:
+                    nursery.start_soon(trio.to_thread.run_sync, close, loop, thread)
+                with trio.fail_after(10):
+                    try:
+                        await fut
+                    except RuntimeError:
+                        return "woken"
+
+        loop, thread = a_loop()
+        watching = threading.Event()
+
+        async def parent():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(await_it, loop, thread, False)
+                await trio.testing.wait_all_tasks_blocked()
+                watching.set()
+
+        import trio.testing
+        threading.Thread(target=trio.run, args=(parent,), daemon=True).start()
+        watching.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            child_loop, child_thread = a_loop()
+            os._exit(0 if trio.run(await_it, child_loop, child_thread, True) == "woken" else 1)
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+        close(loop, thread)
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "child exit 0" in result.stdout, result.stderr
+
+
 def test_the_child_of_os_fork_is_told_that_a_call_running_in_the_parent_never_finishes() -> None:
     """A sync call running in a worker thread and a task on the default runtime, when
     os.fork() copies the process: in the child their threads do not exist, so a wait

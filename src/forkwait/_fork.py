@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import sys
@@ -170,9 +171,19 @@ def chain(
 
     def run_fn(done: Future[Any]) -> None:
         depth = thread_state.then_depth
-        if depth >= _MAX_NESTED_THEN and not in_order:  # a long chain: a fresh stack
-            call_in_a_worker(run_fn, done)
-            return
+        if depth >= _MAX_NESTED_THEN:  # a long chain: go on with a fresh stack
+            if not in_order:
+                call_in_a_worker(run_fn, done)
+                return
+            # Sequential mode: in this thread still, a turn of its loop (or trio run)
+            # later; a sync call run inline there hides that loop (see _sequential).
+            here = _get_running_loop() or trio_token() or thread_state.hidden_host
+            if isinstance(here, asyncio.AbstractEventLoop):
+                here.call_soon(run_fn, done)
+                return
+            if here is not None:
+                here.run_sync_soon(run_fn, done)
+                return
         if take(child) is None:
             return  # child.cancel() came first
         child._state = RUNNING

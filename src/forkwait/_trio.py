@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import threading
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -310,6 +311,20 @@ def _look() -> None:
             if not futs:
                 _watcher = None
                 return
-        for fut in futs:
+        while futs:  # popped, so that none is kept through the pause: it may be gone
+            fut = futs.pop()
             if fut._state < DONE:
                 abandon_if_it_cannot_finish(fut)
+            del fut
+
+
+def _forget_watcher_in_child() -> None:
+    """In a child of ``os.fork``: the parent's watcher thread is not here, and its lock
+    may have been held as the parent forked."""
+    global _watched_lock, _watcher
+    _watched_lock = threading.Lock()
+    _watched.clear()
+    _watcher = None
+
+
+os.register_at_fork(after_in_child=_forget_watcher_in_child)
