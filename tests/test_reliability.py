@@ -527,21 +527,31 @@ def test_a_sync_scope_left_by_generator_exit_still_waits_for_its_forks() -> None
     assert forks[0].done()
 
 
+class OneWorkerHeld:
+    """With ``max_threads(1)``: a fork that holds the one worker until ``release``, so
+    that the next forks stay queued, for a waiter here to run."""
+
+    def __init__(self) -> None:
+        self.release, started = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            started.set()
+            self.release.wait(10)
+
+        self.first = fork(hold)
+        assert started.wait(10)
+
+
+def interrupted() -> None:
+    raise KeyboardInterrupt  # as Ctrl-C landing in the call that this thread runs
+
+
 def test_ctrl_c_in_a_call_wait_all_runs_inline_stops_the_wait_at_once(max_threads: Any) -> None:
     """Not once the futures before it in the list are done: it is the waiter's own."""
     max_threads(1)
-    release, started = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        started.set()
-        release.wait(10)
-
-    def interrupted() -> None:
-        raise KeyboardInterrupt  # as Ctrl-C landing in the call this thread runs
-
-    first = fork(hold)
+    held = OneWorkerHeld()
+    first, release = held.first, held.release
     try:
-        assert started.wait(10)
         second = fork(interrupted)  # queued: the one worker is busy, so it runs here
         with pytest.raises(KeyboardInterrupt):
             forkwait.wait_all([first, second])
@@ -557,18 +567,9 @@ def test_a_keyboard_interrupt_a_call_raises_is_its_outcome_where_outcomes_are_no
     """exception() and collect_all() hand it back, as any failure, even when this thread
     ran the call: only a wait for outcomes raises it early."""
     max_threads(1)
-    release, started = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        started.set()
-        release.wait(10)
-
-    def interrupted() -> None:
-        raise KeyboardInterrupt("the call's own")
-
-    first = fork(hold)
+    held = OneWorkerHeld()
+    first, release = held.first, held.release
     try:
-        assert started.wait(10)
         assert isinstance(fork(interrupted).exception(), KeyboardInterrupt)  # run here
         both = forkwait.collect_all([first, fork(interrupted)])
         release.set()
