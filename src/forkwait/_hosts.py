@@ -59,9 +59,8 @@ UNRESOLVED: Any = object()
 
 #: Inside a forked sync call: the loop it works for (spec rule 2), how many queued
 #: calls its thread is running inline, one inside the other, the call's own future, and
-#: the thread running it. Each call runs in a
-#: context of its own, so a context variable is per call, and reading one costs a third
-#: of reading a thread-local. A copy of the
+#: the thread running it. Each call runs in a context of its own, so a context variable
+#: is per call, and reading one costs a third of reading a thread-local. A copy of the
 #: context that another thread runs in (anyio's to_thread, a then() callback) carries
 #: the frame along; there it is not that thread's, which the thread id tells.
 call_frame: contextvars.ContextVar[tuple[Host, int, Any, int]] = contextvars.ContextVar(
