@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck docs pytest stress stress-ci soak bench bench-instructions clean
 
-$(STAMP): pyproject.toml
+# The C fast paths are compiled at install: a changed source installs again.
+$(STAMP): pyproject.toml hatch_build.py src/forkwait/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
@@ -18,8 +19,8 @@ demo: $(STAMP)
 test: lint typecheck docs pytest stress-ci
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples docs
-	$(BIN)/ruff format --check src tests bench examples docs
+	$(BIN)/ruff check src tests bench examples docs hatch_build.py
+	$(BIN)/ruff format --check src tests bench examples docs hatch_build.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src tests/typing
@@ -60,4 +61,4 @@ bench-instructions: $(STAMP)
 	$(BIN)/python -m bench.instructions
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache docs/_build
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache docs/_build src/forkwait/_speedups.*.so

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import sys
 import types
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from ._callables import is_async_callable
+from ._compiled import speedups
 from ._config import settings
-from ._future import Future, allocate_future, new_future
-from ._hooks import Observer, get_observer
+from ._future import Future, allocate_future, new_future, python_await
+from ._hooks import Observer, current_observer, get_observer
 from ._hosts import (
     UNRESOLVED,
     Host,
     Slot,
+    await_any,
     current_host,
     drive,
+    driver,
     get_call_frame,
     get_ident,
+    settle_closed,
+    settle_failed,
     spawn,
     start_in_trio,
     take,
@@ -156,6 +162,15 @@ def _observed_fork(
     return fut
 
 
+def _fork_returned(fut: Future[Any], returned: object, loop: asyncio.AbstractEventLoop) -> None:
+    """A function with a coroutine's code flags returned ``returned``, not a coroutine."""
+    if not _is_awaitable(returned):  # the value, as for a sync callable
+        fut._handle = None
+        fut._set_result(returned)
+        return
+    fut._handle = loop.create_task(driver(fut, cast("Awaitable[Any]", returned)))
+
+
 def chain(
     fut: Future[Any], fn: Callable[[Future[Any]], Any], context: contextvars.Context
 ) -> Future[Any]:
@@ -208,3 +223,20 @@ def chain(
 #: Settling a then() future runs the callback of the next link of its chain on the same
 #: stack: past this many links a worker thread goes on, before Python's recursion limit.
 _MAX_NESTED_THEN = 16
+
+
+if speedups is not None and not TYPE_CHECKING:
+    # The hot path in C: a coroutine function forked from a task, nothing observing.
+    # Every other call goes on to the fork above, which stays the reference.
+    python_fork = fork
+    fork = functools.update_wrapper(speedups.Fork(), python_fork)
+    speedups.setup(
+        future=Future,
+        observer_var=current_observer,
+        fork=python_fork,
+        await_=python_await,
+        settle_failed=settle_failed,
+        settle_closed=settle_closed,
+        fork_returned=_fork_returned,
+        await_any=await_any,
+    )

@@ -14,10 +14,11 @@ from _thread import allocate_lock
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any, Generic, NoReturn, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, overload
 
 from . import _hosts
 from ._callables import describe
+from ._compiled import speedups
 from ._hooks import get_observer
 from ._hosts import (
     LOOK_AGAIN_SECONDS,
@@ -113,7 +114,19 @@ class _Unretrieved:
             )
 
 
-class Future(Generic[T]):
+if TYPE_CHECKING or speedups is None:
+
+    class _FutureCore:
+        """Without the C fast paths, Future's five hot fields are slots of its own."""
+
+        __slots__ = ()
+
+else:
+    # The five fields every fork touches, and the await, in C.
+    _FutureCore = speedups.FutureCore
+
+
+class Future(_FutureCore, Generic[T]):
     """A handle to one forked call: awaitable, blockable and chainable.
 
     ``fork`` makes them; await one from any event loop, or block on it with ``wait``
@@ -124,15 +137,8 @@ class Future(Generic[T]):
         data = wait(fut)          # sync code
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_func",
-        "_handle",
-        "_state",
-        "_traceback",
-        "_unretrieved",
-        "_value",
-        "_waiters",
+    __slots__ = ("__weakref__", "_traceback", "_unretrieved") + (
+        ("_func", "_handle", "_state", "_value", "_waiters") if speedups is None else ()
     )
 
     # Always set.
@@ -691,6 +697,12 @@ def _should_prune(count: int) -> bool:
 def _is_finished_waiter(waiter: object) -> bool:
     return isinstance(waiter, _AsyncioFuture) and waiter.done()
 
+
+#: Future's own __await__. With the C fast paths, FutureCore's takes the common cases
+#: and hands the rest to this one.
+python_await: Callable[[Future[Any]], Generator[Any, None, Any]] = Future.__dict__["__await__"]
+if speedups is not None:
+    del Future.__await__
 
 #: Makes an empty Future without the constructor that refuses users; fork fills it in.
 allocate_future = cast("Callable[[type[Future[Any]]], Future[Any]]", Future.__new__)

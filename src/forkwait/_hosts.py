@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from ._callables import describe
+from ._compiled import speedups
 from ._runtime import runtime
 from ._state import DONE, QUEUED, RUNNING
 
@@ -176,17 +177,10 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
         await SUSPEND  # see driver(): the task's first step resumes here
         value = await awaitable
     except GeneratorExit:
-        # The task was destroyed unfinished (its loop closed): it will never end.
-        close_awaitable(awaitable)
-        if fut._state < DONE:  # a waiter may have found the loop closed first
-            fut._set_cancelled()
+        settle_closed(fut, awaitable)
         raise
     except BaseException as exc:
-        # KeyboardInterrupt and SystemExit included: they belong to the waiter, not to
-        # the loop that happened to run the call.
-        close_awaitable(awaitable)  # if it never started (cancelled at SUSPEND), it never will
-        fut._handle = None
-        fut._set_exception(exc)
+        settle_failed(fut, awaitable, exc)
         del fut  # the call's frames keep this one: see run_call
     else:
         # fut._set_result(value), inlined: every task ends here.
@@ -195,6 +189,31 @@ async def drive(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
         fut._state = DONE
         if fut._waiters is not None:
             fut._drain()
+
+
+def settle_closed(fut: Future[Any], awaitable: Awaitable[Any]) -> None:
+    """The task was destroyed unfinished (its loop closed): it will never end."""
+    close_awaitable(awaitable)
+    if fut._state < DONE:  # a waiter may have found the loop closed first
+        fut._set_cancelled()
+
+
+def settle_failed(fut: Future[Any], awaitable: Awaitable[Any], exc: BaseException) -> None:
+    """The task's call raised ``exc``: it is the waiter's, KeyboardInterrupt and
+    SystemExit included, not the loop's that happened to run the call."""
+    close_awaitable(awaitable)  # if it never started (cancelled at once), it never will
+    fut._handle = None
+    fut._set_exception(exc)
+
+
+async def await_any(awaitable: Awaitable[Any]) -> Any:
+    """A coroutine that awaits ``awaitable``: a task needs one (see _speedups.Driver)."""
+    return await awaitable
+
+
+if speedups is not None:
+    # The same, in C: no frame of its own, and nothing to start before the task does.
+    driver = speedups.Driver
 
 
 _settling_orphans = threading.Lock()

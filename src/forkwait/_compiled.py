@@ -1,0 +1,23 @@
+"""The C fast paths (``forkwait._speedups``), or ``None`` to run in pure Python.
+
+They are built at install where a C compiler is found. ``FORKWAIT_PURE_PYTHON=1`` in
+the environment turns them off: forkwait behaves the same, a little slower.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("FORKWAIT_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:  # not built: no compiler at install, or another interpreter
+        return None
+    return _speedups
+
+
+speedups = _load()
