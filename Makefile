@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck docs pytest stress stress-ci soak bench bench-instructions clean
+.PHONY: demo test lint typecheck docs pytest pytest-pure stress stress-ci soak bench bench-instructions clean
 
 # The C fast paths are compiled at install: a changed source installs again.
 $(STAMP): pyproject.toml hatch_build.py src/forkwait/_speedups.c
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml hatch_build.py src/forkwait/_speedups.c
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
-test: lint typecheck docs pytest stress-ci
+test: lint typecheck docs pytest pytest-pure stress-ci
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples docs hatch_build.py
@@ -33,6 +33,15 @@ docs: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+# The core tests again without the C fast paths (src/forkwait/_speedups.c): the Python
+# code they hand the rest to, and all of forkwait where no compiler was found at install.
+PURE_TESTS := tests/test_future.py tests/test_wait.py tests/test_cancel.py \
+	tests/test_callables.py tests/test_exceptions.py tests/test_context.py \
+	tests/test_hosts.py tests/test_scope.py tests/test_speedups.py
+
+pytest-pure: $(STAMP)
+	FORKWAIT_PURE_PYTHON=1 $(BIN)/pytest -q $(PURE_TESTS)
 
 # The concurrency tests, again and again, in file order: `make stress` repeats them 20
 # times, `make test` twice. `make soak` runs a million fork/wait cycles and prints the

@@ -965,6 +965,18 @@ Fork_repr(PyObject *Py_UNUSED(self))
     return PyUnicode_FromString("<function forkwait.fork>");
 }
 
+static PyObject *
+Fork_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    /* Pickled by name, as a function is: forkwait.fork. */
+    return PyObject_GetAttrString(self, "__qualname__");
+}
+
+static PyMethodDef Fork_methods[] = {
+    {"__reduce__", (PyCFunction)Fork_reduce, METH_NOARGS, NULL},
+    {NULL},
+};
+
 static PyGetSetDef Fork_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL},
@@ -985,6 +997,7 @@ static PyTypeObject Fork_Type = {
     .tp_dictoffset = offsetof(Fork, dict),
     .tp_descr_get = Fork_descr_get,
     .tp_repr = Fork_repr,
+    .tp_methods = Fork_methods,
     .tp_getset = Fork_getset,
 };
 

@@ -1,0 +1,316 @@
+"""The C fast paths (``forkwait._speedups``): built here, and the same as the Python code.
+
+Every test in the suite runs on the C paths; ``make test`` also runs the core tests with
+``FORKWAIT_PURE_PYTHON=1``. These tests aim at what the C code does itself: the task's
+coroutine (send, throw, close, a loop that closes under it), the await's hand-over to
+the Python wait, reference counts, and ``fork`` looking like the function it replaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import os
+import pickle
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import forkwait
+from forkwait import CancelledError, fork, wait
+from forkwait._compiled import speedups
+
+from .conftest import run_python
+
+pytestmark = pytest.mark.timeout(60)
+
+PURE = os.environ.get("FORKWAIT_PURE_PYTHON", "") not in ("", "0")
+
+
+@pytest.mark.skipif(PURE, reason="FORKWAIT_PURE_PYTHON is set")
+def test_the_c_fast_paths_are_built_and_used() -> None:
+    # `make test` installs with a compiler: a build that failed quietly must not pass.
+    assert speedups is not None
+    assert isinstance(forkwait.fork, speedups.Fork)
+    assert forkwait.Future.__mro__[1] is speedups.FutureCore
+
+
+def test_pure_python_is_chosen_by_the_environment() -> None:
+    done = run_python(
+        "-c",
+        "import forkwait, forkwait._compiled as c; assert c.speedups is None; "
+        "import asyncio\n"
+        "async def f(x): return x + 1\n"
+        "async def main(): return await forkwait.fork(f, 1)\n"
+        "print(asyncio.run(main()), type(forkwait.fork).__name__)",
+        env={"FORKWAIT_PURE_PYTHON": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "function"]
+
+
+def test_fork_looks_like_the_function_it_replaces() -> None:
+    params = list(inspect.signature(fork).parameters.values())
+    assert [(p.name, p.kind) for p in params] == [
+        ("func", inspect.Parameter.POSITIONAL_ONLY),
+        ("args", inspect.Parameter.VAR_POSITIONAL),
+        ("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+    assert fork.__name__ == "fork"
+    assert fork.__module__ == "forkwait"  # as the docs name it
+    assert fork.__doc__ is not None
+    assert fork.__doc__.startswith("Start ``func(")
+    assert pickle.loads(pickle.dumps(fork)) is fork
+
+
+async def _add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+async def _pair() -> tuple[int, int]:
+    return (1, 2)
+
+
+async def _stop() -> StopIteration:
+    return StopIteration(7)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("pending", [True, False], ids=["pending", "done"])
+async def test_values_that_look_like_generator_returns_come_back_whole(pending: bool) -> None:
+    # A tuple or a StopIteration as the value: the C return must not unpack or raise it.
+    futs = [fork(_pair), fork(_stop), fork(_add, 40, b=2)]
+    if not pending:
+        await asyncio.sleep(0)
+        assert all(f.done() for f in futs)
+    assert await futs[0] == (1, 2)
+    stop = await futs[1]
+    assert isinstance(stop, StopIteration)
+    assert stop.value == 7
+    assert await futs[2] == 42
+
+
+@pytest.mark.asyncio
+async def test_a_call_that_has_not_finished_in_one_step_is_waited_for() -> None:
+    # The await yields once for the task's first step, then hands over to a waiter.
+    gate = asyncio.Event()
+
+    async def slow() -> str:
+        await gate.wait()
+        return "late"
+
+    fut = fork(slow)
+    waiter = asyncio.ensure_future(fut)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    gate.set()
+    assert await waiter == "late"
+
+
+@pytest.mark.asyncio
+async def test_an_awaiting_task_cancelled_on_its_turn_leaves_the_call_running() -> None:
+    gate = asyncio.Event()
+
+    async def slow() -> int:
+        await gate.wait()
+        return 5
+
+    fut = fork(slow)
+
+    async def awaiter() -> int:
+        return await fut
+
+    task = asyncio.ensure_future(awaiter())
+    await asyncio.sleep(0)  # it is at its bare yield now, or past it
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not fut.done()
+    gate.set()
+    assert await fut == 5
+
+
+@pytest.mark.asyncio
+async def test_cancel_before_the_first_step_never_runs_the_call() -> None:
+    ran = []
+
+    async def call() -> None:
+        ran.append(1)
+
+    fut = fork(call)
+    assert fut.cancel()
+    with pytest.raises(CancelledError):
+        await fut
+    assert fut.cancelled()
+    assert ran == []  # and no "never awaited" warning: the suite makes that an error
+
+
+@pytest.mark.asyncio
+async def test_cancel_while_the_call_awaits_reaches_the_call() -> None:
+    inside = asyncio.Event()
+    cleaned = []
+
+    async def call() -> None:
+        inside.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append(1)
+
+    fut = fork(call)
+    await inside.wait()
+    assert fut.cancel()
+    with pytest.raises(CancelledError):
+        await fut
+    assert cleaned == [1]
+
+
+@pytest.mark.asyncio
+async def test_a_call_that_catches_the_cancellation_and_returns_keeps_its_value() -> None:
+    inside = asyncio.Event()
+
+    async def stubborn() -> str:
+        inside.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "kept"
+        return "unreachable"
+
+    fut = fork(stubborn)
+    await inside.wait()
+    fut.cancel()
+    assert await fut == "kept"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit, ValueError])
+async def test_what_the_call_raises_goes_to_the_waiter_not_the_loop(
+    exc_type: type[BaseException],
+) -> None:
+    async def call() -> None:
+        raise exc_type("from the call")
+
+    fut = fork(call)
+    with pytest.raises(exc_type, match="from the call") as info:
+        await fut
+    names = [frame.name for frame in traceback.extract_tb(info.tb)]
+    assert "call" in names
+
+
+@pytest.mark.asyncio
+async def test_a_coroutine_function_that_returns_another_awaitable_is_awaited() -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    async def template() -> int:
+        return 0
+
+    def plain() -> asyncio.Future[int]:
+        return ready
+
+    # A function with a coroutine's code flags that returns a plain future.
+    plain.__code__ = plain.__code__.replace(co_flags=plain.__code__.co_flags | 0x80)
+    fut: forkwait.Future[Any] = fork(plain)
+    loop.call_soon(ready.set_result, 9)
+    assert await fut == 9
+    assert inspect.iscoroutinefunction(template)
+
+
+def test_a_task_destroyed_with_its_closed_loop_cancels_the_future() -> None:
+    loop = asyncio.new_event_loop()
+    started = []
+
+    async def forever() -> None:
+        started.append(1)
+        await asyncio.Event().wait()
+
+    async def start() -> forkwait.Future[None]:
+        fut = fork(forever)
+        await asyncio.sleep(0)
+        return fut
+
+    fut = loop.run_until_complete(start())
+    assert started == [1]
+    loop.close()  # the task is still pending: nothing will ever step it again
+    with pytest.raises((CancelledError, RuntimeError)):
+        wait(fut, timeout=10)
+
+
+@pytest.mark.skipif(PURE, reason="the Python driver's own frame is the task's stack")
+@pytest.mark.asyncio
+async def test_a_pending_task_shows_the_call_in_its_stack() -> None:
+    inside = asyncio.Event()
+
+    async def deep_in_the_call() -> None:
+        inside.set()
+        await asyncio.Event().wait()
+
+    fut = fork(deep_in_the_call)
+    await inside.wait()
+    task = fut._handle
+    assert isinstance(task, asyncio.Task)
+    assert [frame.f_code.co_name for frame in task.get_stack()] == ["deep_in_the_call"]
+    assert "Task" in repr(task)
+    fut.cancel()
+    with pytest.raises(CancelledError):
+        await fut
+
+
+def _cycles(run: Callable[[int], None], n: int) -> tuple[int, int]:
+    """Objects alive and references to a marker after ``n`` cycles, from a warm start."""
+    run(200)
+    gc.collect()
+    return len(gc.get_objects()), sys.getrefcount(_MARKER)
+
+
+_MARKER = object()
+
+
+async def _echo(value: object) -> object:
+    return value
+
+
+async def _fail(value: object) -> None:
+    raise ValueError(value)
+
+
+@pytest.mark.parametrize("kind", ["awaited", "fanned out", "failed", "cancelled"])
+def test_no_reference_is_leaked_per_fork(kind: str) -> None:
+    async def cycles(n: int) -> None:
+        for _ in range(n):
+            if kind == "awaited":
+                assert await fork(_echo, _MARKER) is _MARKER
+            elif kind == "fanned out":
+                futs = [fork(_echo, _MARKER) for _ in range(3)]
+                await asyncio.sleep(0)
+                for f in futs:
+                    assert await f is _MARKER
+            elif kind == "failed":
+                with pytest.raises(ValueError, match="object at"):
+                    await fork(_fail, _MARKER)
+            else:
+                fut = fork(_echo, _MARKER)
+                fut.cancel()
+                with pytest.raises(CancelledError):
+                    await fut
+
+    loop = asyncio.new_event_loop()
+    try:
+
+        def run(n: int) -> None:
+            loop.run_until_complete(cycles(n))
+
+        objects, refs = _cycles(run, 200)
+        run(5000)
+        gc.collect()
+        # A leak of one object or reference per cycle would show as thousands.
+        assert len(gc.get_objects()) - objects < 500
+        assert sys.getrefcount(_MARKER) - refs < 50
+    finally:
+        loop.close()
