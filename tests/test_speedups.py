@@ -314,3 +314,96 @@ def test_no_reference_is_leaked_per_fork(kind: str) -> None:
         assert sys.getrefcount(_MARKER) - refs < 50
     finally:
         loop.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("step", ["send", "throw", "close"])
+async def test_a_call_cannot_step_its_own_task_coroutine(step: str) -> None:
+    # The coroutine is running: stepping it again must be refused, not free its frame.
+    refused = []
+
+    async def call() -> int:
+        coro: Any = asyncio.current_task().get_coro()  # type: ignore[union-attr]
+        try:
+            if step == "send":
+                coro.send(None)
+            elif step == "throw":
+                coro.throw(ValueError("in"))
+            else:
+                coro.close()
+        except ValueError as exc:
+            refused.append(str(exc))
+        await asyncio.sleep(0)
+        return 42
+
+    assert await fork(call) == 42
+    assert refused == ["coroutine already executing"]
+
+
+@pytest.mark.asyncio
+async def test_closing_a_task_whose_call_ignores_the_close_fails_the_future() -> None:
+    inside = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            inside.set()
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0)  # an await here ignores the GeneratorExit
+
+    fut = fork(stubborn)
+    await inside.wait()
+    task = fut._handle
+    task.get_coro().close()
+    with pytest.raises(RuntimeError, match="ignored GeneratorExit"):
+        await fut
+    task.cancel()  # the task itself is stuck on a closed coroutine: end it quietly
+    with pytest.raises((asyncio.CancelledError, RuntimeError)):
+        await task
+
+
+@pytest.mark.asyncio
+async def test_a_generator_exit_thrown_into_the_task_cancels_the_future() -> None:
+    inside = asyncio.Event()
+
+    async def call() -> None:
+        inside.set()
+        await asyncio.Event().wait()
+
+    fut = fork(call)
+    await inside.wait()
+    task = fut._handle
+    with pytest.raises(GeneratorExit):
+        task.get_coro().throw(GeneratorExit())
+    assert fut.cancelled()
+    task.cancel()
+    with pytest.raises((asyncio.CancelledError, RuntimeError)):
+        await task
+
+
+def test_fork_can_be_copied_and_weakly_referenced() -> None:
+    import copy
+    import weakref
+
+    assert copy.copy(fork) is fork
+    assert copy.deepcopy(fork) is fork
+    assert weakref.ref(fork)() is fork
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("field", ["_handle", "_value"])
+async def test_an_emptied_field_raises_attribute_error(field: str) -> None:
+    gate = asyncio.Event()
+
+    async def call() -> int:
+        if field == "_handle":
+            await gate.wait()
+        return 1
+
+    fut = fork(call)
+    if field == "_value":
+        assert await fut == 1
+    delattr(fut, field)
+    with pytest.raises(AttributeError, match=field):
+        await fut
+    gate.set()

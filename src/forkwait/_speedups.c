@@ -35,7 +35,7 @@ static PyObject *await_any;        /* async def: return await awaitable */
 static int ready;
 
 static PyObject *str_drain, *str_create_task, *str_get_loop, *str_wait_after_the_turn,
-    *str_outcome, *str_set_exception, *str_throw, *str_close, *str_cr_frame;
+    *str_outcome, *str_set_exception, *str_throw, *str_close;
 
 static PyObject *
 stop_iteration(PyObject *value)
@@ -85,6 +85,10 @@ raise_thrown(PyObject *type, PyObject *value, PyObject *tb)
     /* Raise what throw(type[, value[, tb]]) was given, as a generator would. */
     if (tb == Py_None) {
         tb = NULL;
+    }
+    else if (tb != NULL && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return -1;
     }
     if (value == Py_None) {
         value = NULL;
@@ -252,17 +256,27 @@ new_awaiter(FutureCore *fut, PyObject *loop)
     return (PyObject *)self;
 }
 
+static int
+not_ready(void)
+{
+    PyErr_SetString(PyExc_RuntimeError,
+                    "forkwait._speedups is used before forkwait wired it (import forkwait)");
+    return -1;
+}
+
 static PyObject *
 FutureCore_await(FutureCore *self)
 {
     if (!ready) {
-        goto python;
+        not_ready();
+        return NULL;
     }
     int state = state_of(self);
     if (state < 0) {
         return NULL;
     }
-    if (state == DONE) {
+    /* A field not filled in (yet) goes to the Python code, which says what is missing. */
+    if (state == DONE && self->value != NULL) {
         PyObject *observer = current_observer();
         if (observer == NULL) {
             return NULL;
@@ -272,7 +286,7 @@ FutureCore_await(FutureCore *self)
             return new_awaiter(self, NULL);
         }
     }
-    else if (state < DONE && Py_IS_TYPE(self->handle, task_type)) {
+    else if (state < DONE && self->handle != NULL && Py_IS_TYPE(self->handle, task_type)) {
         /* Its task is on this loop's ready queue: let it run first (a bare yield), as
            it often finishes in that one step; see Future.__await__. */
         PyObject *loop = PyObject_CallNoArgs(get_running_loop);
@@ -300,7 +314,6 @@ FutureCore_await(FutureCore *self)
         }
         Py_DECREF(loop);
     }
-python:
     return PyObject_CallOneArg(python_await, (PyObject *)self);
 }
 
@@ -345,17 +358,20 @@ static PySendResult
 Awaiter_send(Awaiter *self, PyObject *arg, PyObject **result)
 {
     if (self->inner != NULL) {
-        PySendResult status = PyIter_Send(self->inner, arg, result);
+        PyObject *inner = self->inner;
+        Py_INCREF(inner);
+        PySendResult status = PyIter_Send(inner, arg, result);
+        Py_DECREF(inner);
         if (status != PYGEN_NEXT) {
             Awaiter_finish(self);
         }
         return status;
     }
     FutureCore *fut = self->fut;
-    if (fut == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an awaiter of a forkwait.Future");
-        *result = NULL;
-        return PYGEN_ERROR;
+    if (fut == NULL) { /* exhausted, as a generator that returned */
+        Py_INCREF(Py_None);
+        *result = Py_None;
+        return PYGEN_RETURN;
     }
     if (self->loop != NULL && !self->yielded) {
         self->yielded = 1;
@@ -364,7 +380,7 @@ Awaiter_send(Awaiter *self, PyObject *arg, PyObject **result)
         return PYGEN_NEXT;
     }
     int state = state_of(fut);
-    if (state == DONE) {
+    if (state == DONE && fut->value != NULL) {
         *result = fut->value;
         Py_INCREF(*result);
         Awaiter_finish(self);
@@ -516,6 +532,8 @@ typedef struct {
     FutureCore *fut;      /* NULL once finished */
     PyObject *awaitable;  /* what the call returned */
     PyObject *coro;       /* the coroutine stepped: awaitable, or await_any(awaitable) */
+    int running;          /* inside a step: the call may not step, throw into or close
+                             its own task's coroutine */
 } Driver;
 
 static PyTypeObject Driver_Type;
@@ -531,6 +549,10 @@ new_driver(FutureCore *fut, PyObject *awaitable)
     else {
         /* A coroutine that awaits it: the awaitable's __await__ runs in the task,
            at its first step, as an await of it would. */
+        if (!ready) {
+            not_ready();
+            return NULL;
+        }
         coro = PyObject_CallOneArg(await_any, awaitable);
         if (coro == NULL) {
             return NULL;
@@ -546,8 +568,19 @@ new_driver(FutureCore *fut, PyObject *awaitable)
     Py_INCREF(awaitable);
     self->awaitable = awaitable;
     self->coro = coro;
+    self->running = 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
+}
+
+static int
+Driver_refuse_if_running(Driver *self)
+{
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return -1;
+    }
+    return 0;
 }
 
 static void
@@ -570,6 +603,23 @@ Driver_settle(Driver *self, PySendResult status, PyObject **result)
     int failed;
     if (status == PYGEN_RETURN) {
         failed = settle_done(fut, *result);
+    }
+    else if (PyErr_ExceptionMatches(PyExc_GeneratorExit)) {
+        /* Closed (thrown in, or raised by the call): as drive does, the future is
+           cancelled and the GeneratorExit goes on. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *r = PyObject_CallFunctionObjArgs(settle_closed, fut, awaitable, NULL);
+        if (r == NULL) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+        }
+        else {
+            Py_DECREF(r);
+            PyErr_Restore(type, value, tb);
+        }
+        failed = 1;
     }
     else {
         /* KeyboardInterrupt and SystemExit too: they are the waiter's, not the loop's. */
@@ -600,8 +650,17 @@ Driver_send(Driver *self, PyObject *arg, PyObject **result)
         *result = NULL;
         return PYGEN_ERROR;
     }
-    PySendResult status = PyIter_Send(self->coro, arg, result);
-    if (status == PYGEN_NEXT) {
+    if (Driver_refuse_if_running(self) < 0) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *coro = self->coro;
+    Py_INCREF(coro);
+    self->running = 1;
+    PySendResult status = PyIter_Send(coro, arg, result);
+    self->running = 0;
+    Py_DECREF(coro);
+    if (status == PYGEN_NEXT || self->fut == NULL) {
         return status;
     }
     return Driver_settle(self, status, result);
@@ -636,22 +695,27 @@ Driver_throw(Driver *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (self->fut == NULL) {
-        raise_thrown(args[0], nargs > 1 ? args[1] : NULL, nargs > 2 ? args[2] : NULL);
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return NULL;
+    }
+    if (Driver_refuse_if_running(self) < 0) {
         return NULL;
     }
     PyObject *coro = self->coro;
     Py_INCREF(coro);
     PyObject *throw = PyObject_GetAttr(coro, str_throw);
-    Py_DECREF(coro);
     PyObject *value = NULL;
     if (throw != NULL) {
+        self->running = 1;
         value = PyObject_Vectorcall(throw, args, nargs, NULL);
+        self->running = 0;
         Py_DECREF(throw);
     }
+    Py_DECREF(coro);
     PyObject *result;
     PySendResult status = call_result_to_send(value, &result);
-    if (status == PYGEN_NEXT) {
-        return result;
+    if (status == PYGEN_NEXT || self->fut == NULL) {
+        return status == PYGEN_NEXT ? result : send_result_to_call(status, result);
     }
     status = Driver_settle(self, status, &result);
     return send_result_to_call(status, result);
@@ -660,13 +724,36 @@ Driver_throw(Driver *self, PyObject *const *args, Py_ssize_t nargs)
 static int
 Driver_close_unfinished(Driver *self)
 {
-    /* The task was destroyed unfinished (its loop closed), or closed: it never ends. */
+    /* The task was destroyed unfinished (its loop closed), or closed: it never ends.
+       As in drive: the call's coroutine gets the GeneratorExit, and if it raises
+       something else instead (it ignored the GeneratorExit, say), the call failed. */
+    PyObject *coro = self->coro;
+    Py_INCREF(coro);
+    self->running = 1;
+    PyObject *closed = PyObject_CallMethodNoArgs(coro, str_close);
+    self->running = 0;
+    Py_DECREF(coro);
+    if (self->fut == NULL) { /* settled meanwhile, from inside the close */
+        Py_XDECREF(closed);
+        return closed == NULL ? -1 : 0;
+    }
     FutureCore *fut = self->fut;
     PyObject *awaitable = self->awaitable;
     self->fut = NULL;
     self->awaitable = NULL;
     Py_CLEAR(self->coro);
-    PyObject *r = PyObject_CallFunctionObjArgs(settle_closed, fut, awaitable, NULL);
+    PyObject *r;
+    if (closed == NULL) {
+        PyObject *exc = fetch_exception();
+        r = exc == NULL ? NULL
+                        : PyObject_CallFunctionObjArgs(settle_failed, fut, awaitable, exc,
+                                                       NULL);
+        Py_XDECREF(exc);
+    }
+    else {
+        Py_DECREF(closed);
+        r = PyObject_CallFunctionObjArgs(settle_closed, fut, awaitable, NULL);
+    }
     Py_DECREF(fut);
     Py_DECREF(awaitable);
     if (r == NULL) {
@@ -679,7 +766,10 @@ Driver_close_unfinished(Driver *self)
 static PyObject *
 Driver_close(Driver *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->fut != NULL && Driver_close_unfinished(self) < 0) {
+    if (self->fut == NULL) {
+        Py_RETURN_NONE;
+    }
+    if (Driver_refuse_if_running(self) < 0 || Driver_close_unfinished(self) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -707,11 +797,19 @@ Driver_await(Driver *self)
 }
 
 static PyObject *
-Driver_get_cr_frame(Driver *self, void *Py_UNUSED(closure))
+Driver_get_from_coro(Driver *self, void *closure)
 {
-    /* The call's frame, so that a task's get_stack() shows where the call is. */
-    if (self->coro != NULL && PyCoro_CheckExact(self->coro)) {
-        return PyObject_GetAttr(self->coro, str_cr_frame);
+    /* The call's coroutine's cr_frame, __qualname__ and the like: a task's repr and
+       get_stack(), and inspect.getcoroutinestate(), show the call, not forkwait. */
+    const char *name = (const char *)closure;
+    if (self->coro != NULL) {
+        return PyObject_GetAttrString(self->coro, name);
+    }
+    if (strcmp(name, "cr_running") == 0 || strcmp(name, "cr_suspended") == 0) {
+        Py_RETURN_FALSE;
+    }
+    if (strcmp(name, "__name__") == 0 || strcmp(name, "__qualname__") == 0) {
+        return PyUnicode_FromString("Driver");
     }
     Py_RETURN_NONE;
 }
@@ -769,7 +867,13 @@ static PyMethodDef Driver_methods[] = {
 };
 
 static PyGetSetDef Driver_getset[] = {
-    {"cr_frame", (getter)Driver_get_cr_frame, NULL, NULL, NULL},
+    {"cr_frame", (getter)Driver_get_from_coro, NULL, NULL, "cr_frame"},
+    {"cr_code", (getter)Driver_get_from_coro, NULL, NULL, "cr_code"},
+    {"cr_await", (getter)Driver_get_from_coro, NULL, NULL, "cr_await"},
+    {"cr_running", (getter)Driver_get_from_coro, NULL, NULL, "cr_running"},
+    {"cr_suspended", (getter)Driver_get_from_coro, NULL, NULL, "cr_suspended"},
+    {"__name__", (getter)Driver_get_from_coro, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)Driver_get_from_coro, NULL, NULL, "__qualname__"},
     {NULL},
 };
 
@@ -801,6 +905,7 @@ static PyTypeObject Driver_Type = {
 typedef struct {
     PyObject_HEAD
     PyObject *dict; /* __doc__, __wrapped__ and the rest of the Python fork's identity */
+    PyObject *weakrefs;
     vectorcallfunc vectorcall;
 } Fork;
 
@@ -825,7 +930,11 @@ Fork_vectorcall(PyObject *Py_UNUSED(self), PyObject *const *args, size_t nargsf,
                 PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (!ready || nargs < 1 || !PyFunction_Check(args[0])) {
+    if (!ready) {
+        not_ready();
+        return NULL;
+    }
+    if (nargs < 1 || !PyFunction_Check(args[0])) {
         goto python;
     }
     PyObject *func = args[0];
@@ -942,6 +1051,9 @@ static void
 Fork_dealloc(Fork *self)
 {
     PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
     Fork_clear(self);
     PyObject_GC_Del(self);
 }
@@ -954,6 +1066,7 @@ Fork_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwar
         return NULL;
     }
     self->dict = NULL;
+    self->weakrefs = NULL;
     self->vectorcall = Fork_vectorcall;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -995,6 +1108,7 @@ static PyTypeObject Fork_Type = {
     .tp_call = Fork_call,
     .tp_vectorcall_offset = offsetof(Fork, vectorcall),
     .tp_dictoffset = offsetof(Fork, dict),
+    .tp_weaklistoffset = offsetof(Fork, weakrefs),
     .tp_descr_get = Fork_descr_get,
     .tp_repr = Fork_repr,
     .tp_methods = Fork_methods,
@@ -1091,7 +1205,6 @@ PyInit__speedups(void)
         {&str_set_exception, "_set_exception"},
         {&str_throw, "throw"},
         {&str_close, "close"},
-        {&str_cr_frame, "cr_frame"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
