@@ -407,3 +407,39 @@ async def test_an_emptied_field_raises_attribute_error(field: str) -> None:
     with pytest.raises(AttributeError, match=field):
         await fut
     gate.set()
+
+
+def test_a_future_in_a_reference_cycle_is_collected() -> None:
+    import weakref
+
+    async def returns(value: list[Any]) -> list[Any]:
+        return value
+
+    async def main() -> weakref.ref[Any]:
+        box: list[Any] = []
+        fut = fork(returns, box)
+        await fut
+        box.append(fut)  # future -> its value (box) -> future
+        return weakref.ref(fut)
+
+    ref = asyncio.run(main())
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_long_chain_of_futures_is_freed_without_overflowing_the_stack() -> None:
+    # Each future's value is the future before it: freeing the last frees them all,
+    # one inside the other, unless deallocation defers the depth (as CPython's does).
+    async def main() -> int:
+        fut: Any = None
+        for _ in range(200_000):
+            fut = await _settled(fork(_echo, fut))
+        head = fut
+        del fut
+        return 1 if head is not None else 0
+
+    async def _settled(fut: forkwait.Future[Any]) -> forkwait.Future[Any]:
+        await fut
+        return fut
+
+    assert asyncio.run(main()) == 1

@@ -117,12 +117,12 @@ class _Unretrieved:
 if TYPE_CHECKING or speedups is None:
 
     class _FutureCore:
-        """Without the C fast paths, Future's five hot fields are slots of its own."""
+        """Without the C fast paths, Future's fields are slots of its own."""
 
         __slots__ = ()
 
 else:
-    # The five fields every fork touches, and the await, in C.
+    # Future's fields, and the await, in C.
     _FutureCore = speedups.FutureCore
 
 
@@ -137,8 +137,20 @@ class Future(_FutureCore, Generic[T]):
         data = wait(fut)          # sync code
     """
 
-    __slots__ = ("__weakref__", "_traceback", "_unretrieved") + (
-        ("_func", "_handle", "_state", "_value", "_waiters") if speedups is None else ()
+    # In C, where built: all of them, so that a collection need not walk Python slots.
+    __slots__ = (
+        (
+            "__weakref__",
+            "_func",
+            "_handle",
+            "_state",
+            "_traceback",
+            "_unretrieved",
+            "_value",
+            "_waiters",
+        )
+        if speedups is None
+        else ()
     )
 
     # Always set.

@@ -150,6 +150,11 @@ typedef struct {
     PyObject *handle;
     PyObject *value;
     PyObject *waiters;
+    /* Only for failures, but here too: a subclass with slots of its own would pay
+       for them at every garbage collection (typeobject.c's subtype_traverse). */
+    PyObject *traceback;
+    PyObject *unretrieved;
+    PyObject *weakrefs;
 } FutureCore;
 
 static PyTypeObject FutureCore_Type;
@@ -208,6 +213,8 @@ FutureCore_traverse(FutureCore *self, visitproc visit, void *arg)
     Py_VISIT(self->handle);
     Py_VISIT(self->value);
     Py_VISIT(self->waiters);
+    Py_VISIT(self->traceback);
+    Py_VISIT(self->unretrieved);
     return 0;
 }
 
@@ -219,13 +226,45 @@ FutureCore_clear(FutureCore *self)
     Py_CLEAR(self->handle);
     Py_CLEAR(self->value);
     Py_CLEAR(self->waiters);
+    Py_CLEAR(self->traceback);
+    Py_CLEAR(self->unretrieved);
     return 0;
+}
+
+/* forkwait.Future is a Python class with no slots of its own: these replace the generic
+   subtype_traverse and subtype_dealloc on it (set by setup()), which walk its MRO for
+   slots every time; a fan-out's futures are traversed at every collection. */
+static int
+Future_traverse(FutureCore *self, visitproc visit, void *arg)
+{
+    if (Py_TYPE(self) == future_type) { /* a subclass's subtype_traverse visits its own */
+        Py_VISIT(future_type);
+    }
+    return FutureCore_traverse(self, visit, arg);
+}
+
+static void
+Future_dealloc(FutureCore *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, Future_dealloc)
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    FutureCore_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+    Py_TRASHCAN_END
 }
 
 static void
 FutureCore_dealloc(FutureCore *self)
 {
     PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
     FutureCore_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -238,14 +277,26 @@ typedef struct {
     int yielded;
 } Awaiter;
 
+/* Awaiters live for one await: kept for reuse, as asyncio keeps its future iterators. */
+#define AWAITER_FREELIST_MAX 16
+static Awaiter *awaiter_freelist[AWAITER_FREELIST_MAX];
+static int awaiter_freelist_len;
+
 static PyObject *
 new_awaiter(FutureCore *fut, PyObject *loop)
 {
     /* Steals loop. */
-    Awaiter *self = PyObject_GC_New(Awaiter, &Awaiter_Type);
-    if (self == NULL) {
-        Py_XDECREF(loop);
-        return NULL;
+    Awaiter *self;
+    if (awaiter_freelist_len > 0) {
+        self = awaiter_freelist[--awaiter_freelist_len];
+        _Py_NewReference((PyObject *)self);
+    }
+    else {
+        self = PyObject_GC_New(Awaiter, &Awaiter_Type);
+        if (self == NULL) {
+            Py_XDECREF(loop);
+            return NULL;
+        }
     }
     Py_INCREF(fut);
     self->fut = fut;
@@ -323,6 +374,8 @@ static PyMemberDef FutureCore_members[] = {
     {"_handle", T_OBJECT_EX, offsetof(FutureCore, handle), 0, NULL},
     {"_value", T_OBJECT_EX, offsetof(FutureCore, value), 0, NULL},
     {"_waiters", T_OBJECT_EX, offsetof(FutureCore, waiters), 0, NULL},
+    {"_traceback", T_OBJECT_EX, offsetof(FutureCore, traceback), 0, NULL},
+    {"_unretrieved", T_OBJECT_EX, offsetof(FutureCore, unretrieved), 0, NULL},
     {NULL},
 };
 
@@ -342,6 +395,7 @@ static PyTypeObject FutureCore_Type = {
     .tp_clear = (inquiry)FutureCore_clear,
     .tp_members = FutureCore_members,
     .tp_as_async = &FutureCore_async,
+    .tp_weaklistoffset = offsetof(FutureCore, weakrefs),
 };
 
 /* -- Awaiter ------------------------------------------------------------------------- */
@@ -496,7 +550,12 @@ Awaiter_dealloc(Awaiter *self)
 {
     PyObject_GC_UnTrack(self);
     Awaiter_finish(self);
-    PyObject_GC_Del(self);
+    if (awaiter_freelist_len < AWAITER_FREELIST_MAX) {
+        awaiter_freelist[awaiter_freelist_len++] = self;
+    }
+    else {
+        PyObject_GC_Del(self);
+    }
 }
 
 static PyMethodDef Awaiter_methods[] = {
@@ -912,16 +971,22 @@ typedef struct {
 static FutureCore *
 new_future(PyObject *func)
 {
-    FutureCore *fut = (FutureCore *)future_type->tp_alloc(future_type, 0);
+    FutureCore *fut = PyObject_GC_New(FutureCore, future_type);
     if (fut == NULL) {
         return NULL;
     }
     Py_INCREF(state_objects[RUNNING]);
     fut->state = state_objects[RUNNING];
-    Py_INCREF(Py_None);
-    fut->waiters = Py_None;
     Py_INCREF(func);
     fut->func = func;
+    fut->handle = NULL;
+    fut->value = NULL;
+    Py_INCREF(Py_None);
+    fut->waiters = Py_None;
+    fut->traceback = NULL;
+    fut->unretrieved = NULL;
+    fut->weakrefs = NULL;
+    PyObject_GC_Track(fut);
     return fut;
 }
 
@@ -1157,8 +1222,19 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     }
     Py_XSETREF(get_running_loop, running);
     Py_XSETREF(task_type, (PyTypeObject *)task);
+    PyTypeObject *future_class = (PyTypeObject *)future;
+    if (future_class->tp_basicsize != FutureCore_Type.tp_basicsize ||
+        future_class->tp_dictoffset != 0 || future_class->tp_finalize != NULL ||
+        future_class->tp_dealloc == (destructor)Future_dealloc) {
+        PyErr_SetString(PyExc_TypeError,
+                        "setup(): future must add no slots, __dict__ or __del__ to "
+                        "FutureCore, and be set up once");
+        return NULL;
+    }
+    future_class->tp_traverse = (traverseproc)Future_traverse;
+    future_class->tp_dealloc = (destructor)Future_dealloc;
     Py_INCREF(future);
-    Py_XSETREF(future_type, (PyTypeObject *)future);
+    Py_XSETREF(future_type, future_class);
     PyObject **slots[] = {&observer_var, &python_fork, &python_await, &settle_failed,
                           &settle_closed, &fork_returned, &await_any};
     PyObject *values[] = {var, fork, await_, failed, closed, returned, any};
