@@ -17,16 +17,22 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 SOURCE = Path("src", "forkwait", "_speedups.c")
 
 
-class SpeedupsBuildHook(BuildHookInterface):  # type: ignore[type-arg]
+class SpeedupsBuildHook(BuildHookInterface):
     PLUGIN_NAME = "custom"
+
+    scratch: Path | None = None
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel":
             return
         source = Path(self.root, SOURCE)
-        scratch = Path(tempfile.mkdtemp(prefix="forkwait-build-"))
+        if version == "editable":
+            # One built from an older source must not outlive a build that fails.
+            for old in source.parent.glob("_speedups.*.so"):
+                old.unlink()
+        self.scratch = Path(tempfile.mkdtemp(prefix="forkwait-build-"))
         try:
-            built = _compile(source, scratch)
+            built = _compile(source, self.scratch)
         except Exception as exc:  # no compiler, no headers: pure Python it is
             print(f"forkwait: the C fast paths were not built ({exc})", file=sys.stderr)
             return
@@ -37,6 +43,10 @@ class SpeedupsBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             shutil.copy2(built, source.with_name(built.name))
         else:
             build_data["force_include"][str(built)] = f"forkwait/{built.name}"
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _compile(source: Path, scratch: Path) -> Path:
