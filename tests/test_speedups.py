@@ -15,8 +15,8 @@ import os
 import pickle
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, cast
 
 import pytest
 
@@ -443,3 +443,97 @@ def test_a_long_chain_of_futures_is_freed_without_overflowing_the_stack() -> Non
         return fut
 
     assert asyncio.run(main()) == 1
+
+
+def test_a_subclass_of_future_in_a_cycle_with_its_instance_is_collected() -> None:
+    import weakref
+
+    def make() -> weakref.ref[type]:
+        class Sub(forkwait.Future[Any]):
+            __slots__ = ()
+
+        Sub.kept = Sub.__new__(Sub)  # type: ignore[attr-defined]  # class -> instance -> class
+        return weakref.ref(Sub)
+
+    refs = [make() for _ in range(20)]
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * 20
+
+
+class _BadThrowRelay:
+    """Awaits a future's await, throwing None into it once (refused) on the way."""
+
+    def __init__(self, fut: forkwait.Future[int]) -> None:
+        self.it: Any = fut.__await__()
+
+    def __await__(self) -> Generator[Any, None, int]:
+        step = next(self.it)
+        with pytest.raises(TypeError, match="deriving from BaseException"):
+            self.it.throw(None)
+        while True:
+            yield step
+            try:
+                step = self.it.send(None)
+            except StopIteration as stop:
+                return cast(int, stop.value)
+
+
+@pytest.mark.asyncio
+async def test_a_bad_throw_into_an_await_leaves_it_waiting() -> None:
+    # As with a generator: a throw() of something that is not an exception is refused
+    # before anything changes, and the await goes on to the value.
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    assert await _BadThrowRelay(fork(slow, 42)) == 42
+    done = fork(slow, 1)
+    await done
+    it: Any = done.__await__()
+    with pytest.raises(TypeError, match="non-None value"):
+        it.send(5)  # refused as a just-started generator refuses it; the await goes on
+    with pytest.raises(StopIteration) as stop:
+        next(it)
+    assert stop.value.value == 1
+
+
+@pytest.mark.skipif(PURE, reason="the Python driver is a coroutine: asyncio's own rules")
+@pytest.mark.asyncio
+async def test_the_task_coroutine_cannot_be_awaited_by_another_task() -> None:
+    gate = asyncio.Event()
+
+    async def call() -> int:
+        await gate.wait()
+        return 3
+
+    fut = fork(call)
+    await asyncio.sleep(0)
+    coro = fut._handle.get_coro()
+    with pytest.raises(RuntimeError, match="cannot be awaited"):
+        await coro
+    gate.set()
+    assert await fut == 3
+
+
+def test_a_second_interpreter_runs_forkwait_in_pure_python() -> None:
+    # The C module's state is process-wide: a sub-interpreter importing forkwait must not
+    # take the main interpreter's fast paths over (they ran its code after it was gone).
+    done = run_python(
+        "-c",
+        "import asyncio, gc, _xxsubinterpreters as interpreters, forkwait\n"
+        "i = interpreters.create()\n"
+        "interpreters.run_string(i, 'import forkwait, forkwait._compiled as c; "
+        "assert c.speedups is None')\n"
+        "interpreters.destroy(i)\n"
+        "gc.collect()\n"
+        "async def boom(): raise ValueError('x')\n"
+        "async def main():\n"
+        "    f = forkwait.fork(boom)\n"
+        "    assert isinstance(f, forkwait.Future)\n"
+        "    try: await f\n"
+        "    except ValueError as e: print('raised', e)\n"
+        "asyncio.run(main())\n",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "raised x"
+    assert done.stderr == ""

@@ -17,6 +17,8 @@ def _load() -> ModuleType | None:
         from . import _speedups
     except ImportError:  # not built: no compiler at install, or another interpreter
         return None
+    if not _speedups.in_main_interpreter():  # its state is the main interpreter's
+        return None
     return _speedups
 
 

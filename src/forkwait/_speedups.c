@@ -6,7 +6,7 @@
  * pure-Python code, which stays the reference: forkwait runs the same without this
  * module (FORKWAIT_NO_SPEEDUPS=1 or no C compiler at install).
  *
- *   FutureCore  the base of forkwait.Future: its five hot fields and its __await__.
+ *   FutureCore  the base of forkwait.Future: its fields and its __await__.
  *   Awaiter     what __await__ returns on the fast paths.
  *   Driver      a task's coroutine that runs the call and settles its future (the
  *               Python ``drive``, without a frame of its own).
@@ -80,9 +80,39 @@ call_result_to_send(PyObject *value, PyObject **result)
 }
 
 static int
+check_thrown(PyObject *type, PyObject *value, PyObject *tb)
+{
+    /* Whether throw(type[, value[, tb]]) was given an exception, as a generator asks
+       before it does anything. */
+    if (tb != NULL && tb != Py_None && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return -1;
+    }
+    if (PyExceptionInstance_Check(type)) {
+        if (value != NULL && value != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "instance exception may not have a separate value");
+            return -1;
+        }
+        return 0;
+    }
+    if (!PyExceptionClass_Check(type)) {
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from "
+                     "BaseException, not %s",
+                     Py_TYPE(type)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+static int
 raise_thrown(PyObject *type, PyObject *value, PyObject *tb)
 {
     /* Raise what throw(type[, value[, tb]]) was given, as a generator would. */
+    if (check_thrown(type, value, tb) < 0) {
+        return -1;
+    }
     if (tb == Py_None) {
         tb = NULL;
     }
@@ -237,9 +267,9 @@ FutureCore_clear(FutureCore *self)
 static int
 Future_traverse(FutureCore *self, visitproc visit, void *arg)
 {
-    if (Py_TYPE(self) == future_type) { /* a subclass's subtype_traverse visits its own */
-        Py_VISIT(future_type);
-    }
+    /* The instance's reference to its heap type: a subclass's subtype_traverse leaves
+       it to this one, as its base's traverse is not subtype_traverse. */
+    Py_VISIT(Py_TYPE(self));
     return FutureCore_traverse(self, visit, arg);
 }
 
@@ -274,6 +304,7 @@ typedef struct {
     FutureCore *fut;  /* NULL once finished */
     PyObject *loop;   /* NULL: the future was done; else its task's loop, turn to wait */
     PyObject *inner;  /* the Python wait it handed over to, if any */
+    int started;
     int yielded;
 } Awaiter;
 
@@ -302,6 +333,7 @@ new_awaiter(FutureCore *fut, PyObject *loop)
     self->fut = fut;
     self->loop = loop;
     self->inner = NULL;
+    self->started = 0;
     self->yielded = 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -421,6 +453,15 @@ Awaiter_send(Awaiter *self, PyObject *arg, PyObject **result)
         }
         return status;
     }
+    if (!self->started) {
+        if (arg != Py_None && self->fut != NULL) {
+            PyErr_SetString(PyExc_TypeError,
+                            "can't send non-None value to a just-started generator");
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        self->started = 1;
+    }
     FutureCore *fut = self->fut;
     if (fut == NULL) { /* exhausted, as a generator that returned */
         Py_INCREF(Py_None);
@@ -507,8 +548,12 @@ Awaiter_throw(Awaiter *self, PyObject *const *args, Py_ssize_t nargs)
         }
         return result;
     }
+    PyObject *value = nargs > 1 ? args[1] : NULL, *tb = nargs > 2 ? args[2] : NULL;
+    if (check_thrown(args[0], value, tb) < 0) {
+        return NULL; /* a bad call: the await goes on, as a generator's would */
+    }
     Awaiter_finish(self);
-    raise_thrown(args[0], nargs > 1 ? args[1] : NULL, nargs > 2 ? args[2] : NULL);
+    raise_thrown(args[0], value, tb);
     return NULL;
 }
 
@@ -851,8 +896,10 @@ Driver_finalize(Driver *self)
 static PyObject *
 Driver_await(Driver *self)
 {
-    Py_INCREF(self);
-    return (PyObject *)self;
+    /* Its task steps it; anything else would step the call at the same time. */
+    PyErr_SetString(PyExc_RuntimeError,
+                    "the coroutine of a forkwait task cannot be awaited: await the future");
+    return NULL;
 }
 
 static PyObject *
@@ -1190,6 +1237,10 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         "fork_returned", "await_any", NULL,
     };
     PyObject *future, *var, *fork, *await_, *failed, *closed, *returned, *any;
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_RuntimeError, "forkwait._speedups serves the main interpreter only");
+        return NULL;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOOOOOOO:setup", keywords, &future,
                                      &var, &fork, &await_, &failed, &closed, &returned,
                                      &any)) {
@@ -1246,7 +1297,17 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+in_main_interpreter(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    /* A second interpreter gets this module's dict copied, not initialised anew: the
+       state above is process-wide, so forkwait runs in pure Python there. */
+    return PyBool_FromLong(PyInterpreterState_Get() == PyInterpreterState_Main());
+}
+
 static PyMethodDef module_methods[] = {
+    {"in_main_interpreter", in_main_interpreter, METH_NOARGS,
+     PyDoc_STR("Whether this is the main interpreter, the only one the fast paths serve.")},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      PyDoc_STR("Wire the fast paths to the Python code they hand the rest to.")},
     {NULL},
@@ -1263,6 +1324,12 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        /* Its state is process-wide: a second interpreter runs forkwait in pure Python. */
+        PyErr_SetString(PyExc_ImportError,
+                        "forkwait._speedups runs in the main interpreter only");
+        return NULL;
+    }
     for (int i = 0; i < 5; i++) {
         state_objects[i] = PyLong_FromLong(i);
         if (state_objects[i] == NULL) {

@@ -23,6 +23,9 @@ class Fork:
 
     def __call__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
 
+def in_main_interpreter() -> bool:
+    """Whether this is the main interpreter, the only one the fast paths serve."""
+
 def setup(
     *,
     future: type[FutureCore],
