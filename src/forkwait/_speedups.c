@@ -238,7 +238,7 @@ settle_done(FutureCore *fut, PyObject *value)
 static int
 FutureCore_traverse(FutureCore *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->state);
+    /* Not the state: always one of the small ints, which the collector never tracks. */
     Py_VISIT(self->func);
     Py_VISIT(self->handle);
     Py_VISIT(self->value);
@@ -634,8 +634,10 @@ static PyTypeObject Awaiter_Type = {
 typedef struct {
     PyObject_HEAD
     FutureCore *fut;      /* NULL once finished */
-    PyObject *awaitable;  /* what the call returned */
-    PyObject *coro;       /* the coroutine stepped: awaitable, or await_any(awaitable) */
+    PyObject *coro;       /* the coroutine stepped: what the call returned, or
+                             await_any(awaitable) */
+    PyObject *awaitable;  /* what the call returned, if not coro itself (NULL then: one
+                             reference fewer for the collector to visit) */
     int running;          /* inside a step: the call may not step, throw into or close
                              its own task's coroutine */
 } Driver;
@@ -646,7 +648,8 @@ static PyObject *
 new_driver(FutureCore *fut, PyObject *awaitable)
 {
     PyObject *coro;
-    if (PyCoro_CheckExact(awaitable)) {
+    int wrapped = !PyCoro_CheckExact(awaitable);
+    if (!wrapped) {
         coro = awaitable;
         Py_INCREF(coro);
     }
@@ -669,9 +672,14 @@ new_driver(FutureCore *fut, PyObject *awaitable)
     }
     Py_INCREF(fut);
     self->fut = fut;
-    Py_INCREF(awaitable);
-    self->awaitable = awaitable;
     self->coro = coro;
+    if (wrapped) {
+        Py_INCREF(awaitable);
+        self->awaitable = awaitable;
+    }
+    else {
+        self->awaitable = NULL;
+    }
     self->running = 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -695,15 +703,28 @@ Driver_finish(Driver *self)
     Py_CLEAR(self->coro);
 }
 
+static PyObject *
+Driver_take_awaitable(Driver *self)
+{
+    /* What the call returned (a new reference); the driver lets go of it and of coro. */
+    PyObject *awaitable = self->awaitable;
+    PyObject *coro = self->coro;
+    self->awaitable = NULL;
+    self->coro = NULL;
+    if (awaitable == NULL) {
+        return coro;
+    }
+    Py_XDECREF(coro);
+    return awaitable;
+}
+
 static PySendResult
 Driver_settle(Driver *self, PySendResult status, PyObject **result)
 {
     /* The call's coroutine returned or raised: settle the future; the task returns None. */
     FutureCore *fut = self->fut;
-    PyObject *awaitable = self->awaitable;
     self->fut = NULL;
-    self->awaitable = NULL;
-    Py_CLEAR(self->coro);
+    PyObject *awaitable = Driver_take_awaitable(self);
     int failed;
     if (status == PYGEN_RETURN) {
         failed = settle_done(fut, *result);
@@ -842,10 +863,8 @@ Driver_close_unfinished(Driver *self)
         return closed == NULL ? -1 : 0;
     }
     FutureCore *fut = self->fut;
-    PyObject *awaitable = self->awaitable;
     self->fut = NULL;
-    self->awaitable = NULL;
-    Py_CLEAR(self->coro);
+    PyObject *awaitable = Driver_take_awaitable(self);
     PyObject *r;
     if (closed == NULL) {
         PyObject *exc = fetch_exception();
