@@ -64,6 +64,32 @@ send_result_to_call(PySendResult status, PyObject *result)
     return NULL;
 }
 
+static PyObject *
+send_method(PyObject *self, PyObject *arg)
+{
+    /* send(value) of Awaiter and Driver: their am_send, as a method. */
+    PyObject *result;
+    PySendResult status = Py_TYPE(self)->tp_as_async->am_send(self, arg, &result);
+    return send_result_to_call(status, result);
+}
+
+static PyObject *
+next_by_send(PyObject *self)
+{
+    /* __next__ of Awaiter and Driver: send(None). */
+    return send_method(self, Py_None);
+}
+
+static int
+check_throw_arguments(Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
+        return -1;
+    }
+    return 0;
+}
+
 static PySendResult
 call_result_to_send(PyObject *value, PyObject **result)
 {
@@ -506,31 +532,9 @@ Awaiter_send(Awaiter *self, PyObject *arg, PyObject **result)
 }
 
 static PyObject *
-Awaiter_iternext(Awaiter *self)
-{
-    PyObject *result;
-    PySendResult status = Awaiter_send(self, Py_None, &result);
-    if (status == PYGEN_RETURN) {
-        stop_iteration(result);
-        Py_DECREF(result);
-        return NULL;
-    }
-    return status == PYGEN_NEXT ? result : NULL;
-}
-
-static PyObject *
-Awaiter_send_method(Awaiter *self, PyObject *arg)
-{
-    PyObject *result;
-    PySendResult status = Awaiter_send(self, arg, &result);
-    return send_result_to_call(status, result);
-}
-
-static PyObject *
 Awaiter_throw(Awaiter *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 1 || nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
+    if (check_throw_arguments(nargs) < 0) {
         return NULL;
     }
     if (self->inner != NULL) {
@@ -604,7 +608,7 @@ Awaiter_dealloc(Awaiter *self)
 }
 
 static PyMethodDef Awaiter_methods[] = {
-    {"send", (PyCFunction)Awaiter_send_method, METH_O, NULL},
+    {"send", send_method, METH_O, NULL},
     {"throw", (PyCFunction)(void (*)(void))Awaiter_throw, METH_FASTCALL, NULL},
     {"close", (PyCFunction)Awaiter_close, METH_NOARGS, NULL},
     {NULL},
@@ -624,7 +628,7 @@ static PyTypeObject Awaiter_Type = {
     .tp_traverse = (traverseproc)Awaiter_traverse,
     .tp_clear = (inquiry)Awaiter_clear,
     .tp_iter = PyObject_SelfIter,
-    .tp_iternext = (iternextfunc)Awaiter_iternext,
+    .tp_iternext = next_by_send,
     .tp_methods = Awaiter_methods,
     .tp_as_async = &Awaiter_async,
 };
@@ -792,31 +796,9 @@ Driver_send(Driver *self, PyObject *arg, PyObject **result)
 }
 
 static PyObject *
-Driver_iternext(Driver *self)
-{
-    PyObject *result;
-    PySendResult status = Driver_send(self, Py_None, &result);
-    if (status == PYGEN_RETURN) {
-        Py_DECREF(result);
-        PyErr_SetNone(PyExc_StopIteration);
-        return NULL;
-    }
-    return status == PYGEN_NEXT ? result : NULL;
-}
-
-static PyObject *
-Driver_send_method(Driver *self, PyObject *arg)
-{
-    PyObject *result;
-    PySendResult status = Driver_send(self, arg, &result);
-    return send_result_to_call(status, result);
-}
-
-static PyObject *
 Driver_throw(Driver *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 1 || nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
+    if (check_throw_arguments(nargs) < 0) {
         return NULL;
     }
     if (self->fut == NULL) {
@@ -985,7 +967,7 @@ Driver_dealloc(Driver *self)
 }
 
 static PyMethodDef Driver_methods[] = {
-    {"send", (PyCFunction)Driver_send_method, METH_O, NULL},
+    {"send", send_method, METH_O, NULL},
     {"throw", (PyCFunction)(void (*)(void))Driver_throw, METH_FASTCALL, NULL},
     {"close", (PyCFunction)Driver_close, METH_NOARGS, NULL},
     {NULL},
@@ -1019,7 +1001,7 @@ static PyTypeObject Driver_Type = {
     .tp_traverse = (traverseproc)Driver_traverse,
     .tp_clear = (inquiry)Driver_clear,
     .tp_iter = PyObject_SelfIter,
-    .tp_iternext = (iternextfunc)Driver_iternext,
+    .tp_iternext = next_by_send,
     .tp_methods = Driver_methods,
     .tp_getset = Driver_getset,
     .tp_as_async = &Driver_async,
