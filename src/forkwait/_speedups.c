@@ -135,35 +135,16 @@ check_thrown(PyObject *type, PyObject *value, PyObject *tb)
 static int
 raise_thrown(PyObject *type, PyObject *value, PyObject *tb)
 {
-    /* Raise what throw(type[, value[, tb]]) was given, as a generator would. */
-    if (check_thrown(type, value, tb) < 0) {
-        return -1;
-    }
+    /* Raise what throw(type[, value[, tb]]) was given, once check_thrown passed it. */
     if (tb == Py_None) {
         tb = NULL;
-    }
-    else if (tb != NULL && !PyTraceBack_Check(tb)) {
-        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
-        return -1;
     }
     if (value == Py_None) {
         value = NULL;
     }
     if (PyExceptionInstance_Check(type)) {
-        if (value != NULL) {
-            PyErr_SetString(PyExc_TypeError,
-                            "instance exception may not have a separate value");
-            return -1;
-        }
         value = type;
         type = (PyObject *)Py_TYPE(type);
-    }
-    else if (!PyExceptionClass_Check(type)) {
-        PyErr_Format(PyExc_TypeError,
-                     "exceptions must be classes or instances deriving from "
-                     "BaseException, not %s",
-                     Py_TYPE(type)->tp_name);
-        return -1;
     }
     Py_INCREF(type);
     Py_XINCREF(value);
