@@ -176,6 +176,39 @@ def test_a_module_more_than_torch_interop_threads_waits_for_a_thread(observe: st
 
 
 @pytest.mark.usefixtures("unwatched")
+@pytest.mark.parametrize("how", ["wait", "result", "wait_all"])
+def test_a_sync_waiter_leaves_a_module_to_the_pool_while_it_runs_all_it_may(how: str) -> None:
+    """Rather than run it inline as a third call on two cores, which all three would share
+    and each finish later (torch.jit.fork's caller does not run its tasks either)."""
+    count = torch.get_num_interop_threads()
+    log: list[str] = []
+    entered = threading.Semaphore(0)
+    held = [Held(f"held {i}", log, entered) for i in range(count)]
+    futs = [fork(module, torch.zeros(1)) for module in held]
+    for _ in held:
+        assert entered.acquire(timeout=10)
+    extra = fork(WhereRun())
+    waits: dict[str, Callable[[], list[str]]] = {
+        "wait": lambda: [wait(extra)],
+        "result": lambda: [extra.result()],
+        "wait_all": lambda: forkwait.wait_all([extra]),
+    }
+    ran_in: list[list[str]] = []
+    waiter = threading.Thread(target=lambda: ran_in.append(waits[how]()), name="the waiter")
+    waiter.start()
+    # What must not happen cannot be waited for: give it a moment it would take.
+    waiter.join(0.2)
+    assert waiter.is_alive(), f"the waiter ran the call in {ran_in}"
+    held[0].release.set()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert ran_in[0][0].startswith("forkwait-worker-"), ran_in
+    for module in held:
+        module.release.set()
+    assert [float(v) for v in forkwait.wait_all(futs)] == [1.0] * count
+
+
+@pytest.mark.usefixtures("unwatched")
 def test_a_lower_thread_limit_caps_forked_modules_too(max_threads: Any) -> None:
     max_threads(1)
     fork_one_more_than(1, contextlib.nullcontext)
@@ -276,15 +309,25 @@ def block_module_threads() -> tuple[threading.Event, list[forkwait.Future[bool]]
     return opened, gates
 
 
-def test_calls_run_inline_or_cancelled_do_not_hold_up_the_watchdog() -> None:
-    """The queue keeps calls that their waiters ran, or that were cancelled: the thread
-    the watchdog starts skips them, rather than leave after one of them each period."""
+class WhereRun(nn.Module):
+    def forward(self) -> str:
+        return threading.current_thread().name
+
+
+def test_the_thread_the_watchdog_starts_takes_a_sync_waiters_calls_and_stays() -> None:
+    """Module threads all blocked on what forkwait cannot see: a sync waiter leaves its
+    call to the pool, whose watchdog starts one thread, which takes it and the next
+    ones (rather than leave, and have each wait a period for another). Cancelled calls
+    left in the queue hold up neither."""
     opened, gates = block_module_threads()
-    for i in range(20):
-        wait(fork(nn.Identity(), torch.full((1,), i)))  # run here: none is free
+    ran_in = set()
+    for _ in range(20):
+        ran_in.add(wait(fork(WhereRun())))
         fork(nn.Identity(), torch.zeros(1)).cancel()
-    assert wait(fork(Opener(opened)), timeout=5)  # 20 periods of 0.25 s before
+    assert wait(fork(Opener(opened)), timeout=5)
     assert forkwait.wait_all(gates, timeout=10) == [True] * len(gates)
+    assert len(ran_in) == 1, ran_in
+    assert ran_in != {threading.current_thread().name}
 
 
 @pytest.mark.asyncio

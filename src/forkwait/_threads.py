@@ -56,7 +56,7 @@ from ._hosts import (
 from ._state import DONE, FAILED, QUEUED, RUNNING
 from ._torch import bind_inline as bind_torch_inline
 from ._torch import clean_up as clean_torch_state
-from ._torch import interop_threads
+from ._torch import interop_threads, is_module_call
 
 logger = logging.getLogger("forkwait")
 
@@ -259,8 +259,8 @@ class WorkerPool:
 
     def _work(self, starved: bool = False) -> None:
         """Take and run calls; ``starved``: started by the watchdog beyond the limit, so
-        stay, whatever the limit, until no call is queued (the threads it stands in for
-        may be blocked for long)."""
+        stay, whatever the limit, until the pool is back within it or this worker has
+        idled ``idle_seconds`` (the threads it stands in for may be blocked for long)."""
         thread_state.worker = self
         jobs = self._jobs
         parked = self._parked
@@ -271,18 +271,26 @@ class WorkerPool:
             if self._generation != generation:
                 thread_state.worker = None
                 return  # this is a child made by os.fork: the pool it served is gone
-            if self._running > self._limit and not starved and self._retire():
-                return  # over the limit: it was lowered, or a waiter came back
+            if self._running > self._limit:
+                # Over the limit: it was lowered, or a waiter came back. A worker the
+                # watchdog started stays while those it stands in for are still there
+                # (until the pool closes), and becomes one as any once they left.
+                if (not starved or self._limit == 0) and self._retire():
+                    return
+            elif starved:
+                starved = False
             try:
                 fut = jobs.popleft() if jobs else None  # test first: raising costs more
             except IndexError:  # another worker took the last one between the two
                 fut = None
             if fut is None:
-                starved = False  # the backlog it was started for is gone: a worker as any
                 parked.append(wake)
-                if jobs or self._running > self._limit:
-                    # A job came before we were visible as idle: stay awake. Or the pool
-                    # closed (or shrank) before that, and nobody would wake us to leave.
+                # A job came before we were visible as idle: stay awake. Or the pool
+                # closed (or shrank) before that, and nobody would wake us to leave.
+                # A worker the watchdog started idles over the limit: the next call
+                # (a sync waiter leaves a full module pool's calls to it, see
+                # _module_pool_is_full) would otherwise wait a period for another.
+                if jobs or (self._running > self._limit and (not starved or self._limit == 0)):
                     self._unpark(wake)
                     continue
                 idle_too_long = not wake.acquire(True, self.idle_seconds)
@@ -573,6 +581,8 @@ def run_inline(fut: Future[Any]) -> bool:
     depth = get_call_frame()[1]
     if type(handle) is not list or depth >= MAX_INLINE_DEPTH:
         return False
+    if "torch" in _modules and is_module_call(fut._func) and _module_pool_is_full(handle):
+        return False
     try:
         call = handle.pop()  # take(fut), inlined
     except IndexError:
@@ -583,6 +593,23 @@ def run_inline(fut: Future[Any]) -> bool:
         call = (bind_torch_inline(func), args, kwargs, context, host)
     run_call(fut, call, depth + 1)
     return True
+
+
+def _module_pool_is_full(handle: list[Call]) -> bool:
+    """Whether the module pool of a queued call runs as many calls as it may, in threads
+    other than this one: running it here too would share the cores with them, and the
+    call, whose turn in a worker comes anyway, would make all of them finish later."""
+    try:
+        host = handle[0][4]
+    except IndexError:  # taken just now
+        return False
+    pool = _module_pools.get(id(host))
+    if pool is None or thread_state.worker is pool:  # a worker's own: no thread more
+        return False
+    # Idle workers are counted in _running, but only those at work (or woken) compute.
+    # A limit of 0 is a closed pool (the interpreter exits): it takes no calls.
+    limit = pool._limit
+    return 0 < limit <= pool._running - len(pool._parked)
 
 
 def interrupted_here(fut: Future[Any]) -> bool:
