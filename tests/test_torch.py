@@ -195,17 +195,59 @@ def test_a_sync_waiter_leaves_a_module_to_the_pool_while_it_runs_all_it_may(how:
     }
     ran_in: list[list[str]] = []
     waiter = threading.Thread(target=lambda: ran_in.append(waits[how]()), name="the waiter")
-    waiter.start()
-    # What must not happen cannot be waited for: give it a moment it would take.
-    waiter.join(0.2)
-    assert waiter.is_alive(), f"the waiter ran the call in {ran_in}"
-    held[0].release.set()
-    waiter.join(10)
-    assert not waiter.is_alive()
-    assert ran_in[0][0].startswith("forkwait-worker-"), ran_in
-    for module in held:
-        module.release.set()
+    try:
+        waiter.start()
+        # What must not happen cannot be waited for: give it a moment it would take.
+        waiter.join(0.2)
+        assert waiter.is_alive(), f"the waiter ran the call in {ran_in}"
+        held[0].release.set()
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert ran_in[0][0].startswith("forkwait-worker-"), ran_in
+    finally:
+        for module in held:
+            module.release.set()
     assert [float(v) for v in forkwait.wait_all(futs)] == [1.0] * count
+
+
+def test_a_module_waiting_on_a_module_runs_it_in_its_own_thread_when_the_pool_is_full() -> None:
+    """A waiter that is one of the pool's threads adds no thread by running the call."""
+    count = torch.get_num_interop_threads()
+    running = threading.Barrier(count, timeout=20)
+    waited = threading.Barrier(count, timeout=20)
+
+    class Outer(nn.Module):
+        def forward(self) -> tuple[str, str]:
+            running.wait()  # all of them running: the pool is full
+            inner = wait(fork(WhereRun()))
+            waited.wait()  # none of them free to take another's call meanwhile
+            return threading.current_thread().name, inner
+
+    for outer, inner in forkwait.wait_all([fork(Outer()) for _ in range(count)]):
+        assert inner == outer
+
+
+def test_a_waiter_runs_a_module_left_to_a_full_pool_when_no_thread_can_start() -> None:
+    """Its threads blocked on what forkwait cannot see, and no new thread possible (the
+    system's thread limit, or an exit hook on Python 3.12): rather than hang, the waiter
+    runs the call itself once the watchdog had its chance."""
+    opened, gates = block_module_threads()
+    go = threading.Event()
+    job: list[forkwait.Future[bool]] = []
+    ran: list[bool] = []
+    waiter = threading.Thread(target=lambda: go.wait(10) and ran.append(wait(job[0])))
+    waiter.start()
+    before = threading.stack_size(1 << 40)  # larger than memory: every start fails
+    try:
+        job.append(fork(Opener(opened)))
+        go.set()
+        waiter.join(10)
+    finally:
+        threading.stack_size(before)
+        opened.set()
+    assert not waiter.is_alive()
+    assert ran == [True]
+    assert forkwait.wait_all(gates, timeout=10) == [True] * len(gates)
 
 
 @pytest.mark.usefixtures("unwatched")
@@ -320,7 +362,7 @@ def test_the_thread_the_watchdog_starts_takes_a_sync_waiters_calls_and_stays() -
     ones (rather than leave, and have each wait a period for another). Cancelled calls
     left in the queue hold up neither."""
     opened, gates = block_module_threads()
-    ran_in = set()
+    ran_in: set[str] = set()
     for _ in range(20):
         ran_in.add(wait(fork(WhereRun())))
         fork(nn.Identity(), torch.zeros(1)).cancel()

@@ -82,6 +82,11 @@ MAX_INLINE_DEPTH = 24
 # How long a module pool's oldest queued call may wait with no worker taking it before
 # the watchdog starts one more worker (.NET's thread pool waits 0.5 s).
 STARVED_SECONDS = 0.25
+# How long a sync waiter leaves its queued module to a full pool (see
+# _module_pool_is_full) before it runs the module itself: by then the watchdog has
+# started a thread for it, unless none can start (the system's thread limit; an exit
+# hook on Python 3.12).
+PATIENCE_SECONDS = 2 * STARVED_SECONDS
 # How long interpreter exit gives the worker threads, all together, to end.
 _EXIT_GRACE_SECONDS = 0.2
 # Results of these types are never awaitable: skip inspect.isawaitable for them.
@@ -574,14 +579,20 @@ def block_until_done(
         block_interruptibly(fut, timeout, observer)
 
 
-def run_inline(fut: Future[Any]) -> bool:
+def run_inline(fut: Future[Any], leave_to_a_full_pool: bool = True) -> bool:
     """Rule 1: run ``fut``'s queued sync call in this thread, rather than wait for a worker
-    that may never come; ``False`` if somebody took it first, or the stack is deep."""
+    that may never come; ``False`` if somebody took it first, the stack is deep, or (with
+    ``leave_to_a_full_pool``) it is a module that its pool's threads will run."""
     handle: list[Call] = fut._handle
     depth = get_call_frame()[1]
     if type(handle) is not list or depth >= MAX_INLINE_DEPTH:
         return False
-    if "torch" in _modules and is_module_call(fut._func) and _module_pool_is_full(handle):
+    if (
+        leave_to_a_full_pool
+        and "torch" in _modules
+        and is_module_call(fut._func)
+        and _module_pool_is_full(handle)
+    ):
         return False
     try:
         call = handle.pop()  # take(fut), inlined
@@ -668,7 +679,7 @@ def block(fut: Future[Any], timeout: float | None) -> None:
     if worker is not None:
         worker.block_released()  # rule 2
     try:
-        if timeout is None:  # _acquire, inlined: the sync hot path
+        if timeout is None and fut._state != QUEUED:  # _acquire, inlined: the sync hot path
             woken = waiter.acquire(True, LOOK_AGAIN_SECONDS) or keep_acquiring(waiter, fut, None)
         else:
             woken = _acquire(waiter, fut, timeout)
@@ -691,11 +702,24 @@ def _acquire(lock: Any, fut: Future[Any], timeout: float | None) -> bool:
     """``lock.acquire`` for a thread blocked on ``fut``; past a first second, it looks
     every second whether the call can still finish (see keep_acquiring)."""
     if timeout is None:
+        if fut._state == QUEUED and type(fut._handle) is list:
+            return _acquire_left_to_pool(lock, fut)
         return lock.acquire(True, LOOK_AGAIN_SECONDS) or keep_acquiring(lock, fut, None)
     if timeout <= LOOK_AGAIN_SECONDS:
         return lock.acquire(True, max(timeout, 0.0))  # type: ignore[no-any-return]
     deadline = time.monotonic() + timeout
     return lock.acquire(True, LOOK_AGAIN_SECONDS) or keep_acquiring(lock, fut, deadline)
+
+
+def _acquire_left_to_pool(lock: Any, fut: Future[Any]) -> bool:
+    """``_acquire`` without a timeout, for a waiter whose sync call is still queued (a
+    module it left to a full pool): if no thread took it within ``PATIENCE_SECONDS``,
+    none can, and the waiter runs it after all (which releases ``lock``)."""
+    if lock.acquire(True, PATIENCE_SECONDS):
+        return True
+    if fut._state == QUEUED:
+        run_inline(fut, leave_to_a_full_pool=False)
+    return lock.acquire(True, LOOK_AGAIN_SECONDS) or keep_acquiring(lock, fut, None)
 
 
 class _WakeOnce:
