@@ -83,10 +83,10 @@ MAX_INLINE_DEPTH = 24
 # the watchdog starts one more worker (.NET's thread pool waits 0.5 s).
 STARVED_SECONDS = 0.25
 # How long a sync waiter leaves its queued module to a full pool (see
-# _module_pool_is_full) before it runs the module itself: by then the watchdog has
-# started a thread for it, unless none can start (the system's thread limit; an exit
-# hook on Python 3.12).
-PATIENCE_SECONDS = 2 * STARVED_SECONDS
+# _module_pool_is_full) before it runs the module itself: the watchdog starts a thread
+# for it within two periods, and this leaves it two more (a loaded machine), unless no
+# thread can start (the system's thread limit; an exit hook on Python 3.12).
+PATIENCE_SECONDS = 4 * STARVED_SECONDS
 # How long interpreter exit gives the worker threads, all together, to end.
 _EXIT_GRACE_SECONDS = 0.2
 # Results of these types are never awaitable: skip inspect.isawaitable for them.
