@@ -210,6 +210,53 @@ def test_a_sync_waiter_leaves_a_module_to_the_pool_while_it_runs_all_it_may(how:
     assert [float(v) for v in forkwait.wait_all(futs)] == [1.0] * count
 
 
+def test_a_waiter_runs_its_module_itself_when_the_pool_has_room() -> None:
+    """Woken workers that will find nothing to take do not count as running: a lone
+    fork and wait runs inline, in microseconds, rather than waiting for a thread."""
+    for _ in range(3):
+        wait(fork(WhereRun()))  # the pool's threads exist, and idle
+    ran_in = [wait(fork(WhereRun())) for _ in range(50)]
+    here = threading.current_thread().name
+    assert ran_in.count(here) >= 45, ran_in
+
+
+class Counted(nn.Module):
+    """Computes for about a millisecond, noting how many run at once."""
+
+    def __init__(self, inside: list[int], lock: threading.Lock) -> None:
+        super().__init__()
+        self.inside = inside
+        self.lock = lock
+        self.x = torch.randn(192, 192)
+
+    def forward(self) -> Tensor:
+        with self.lock:
+            self.inside[0] += 1
+            self.inside[1] = max(self.inside[1], self.inside[0])
+        try:
+            y = self.x
+            for _ in range(4):
+                y = torch.mm(y, self.x).tanh()
+            return y
+        finally:
+            with self.lock:
+                self.inside[0] -= 1
+
+
+def test_an_ensemble_waited_from_sync_code_runs_no_more_modules_at_once_than_the_pool() -> None:
+    """Four models forked and waited on: the waiter leaves them to the pool's woken
+    threads rather than make a third one computing on two cores."""
+    cap = torch.get_num_interop_threads()
+    inside = [0, 0]  # now, most
+    models = [Counted(inside, threading.Lock()) for _ in range(cap + 2)]
+    lock = threading.Lock()
+    for model in models:
+        model.lock = lock
+    for _ in range(30):
+        forkwait.wait_all([fork(model) for model in models])
+    assert inside == [0, cap]
+
+
 def test_a_module_waiting_on_a_module_runs_it_in_its_own_thread_when_the_pool_is_full() -> None:
     """A waiter that is one of the pool's threads adds no thread by running the call."""
     count = torch.get_num_interop_threads()

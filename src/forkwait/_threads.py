@@ -145,6 +145,9 @@ class WorkerPool:
         self._limit = min(limit, cap)
         #: Whether the watchdog looks after it (see _watch): the module pools.
         self.watched = cap != sys.maxsize
+        #: Whether it keeps _busy up to date, for waiters to see how full it is: the
+        #: module pools (see _module_pool_is_full).
+        self.counts_busy = cap != sys.maxsize
         self.idle_seconds = IDLE_SECONDS
         self._generation = 0
         self._reset()
@@ -159,6 +162,8 @@ class WorkerPool:
         # Workers alive and not blocked in wait, idle ones included; may exceed the
         # limit briefly when a blocked worker comes back (see unblocked).
         self._running = 0
+        # The workers in a call and not blocked in wait, by thread id (if counts_busy).
+        self._busy: set[int] = set()
         self._serial = 0
         # Changes on os.fork: a worker that forked the process (from inside a call)
         # must not go on serving the parent's queue in the child.
@@ -267,6 +272,7 @@ class WorkerPool:
         stay, whatever the limit, until the pool is back within it or this worker has
         idled ``idle_seconds`` (the threads it stands in for may be blocked for long)."""
         thread_state.worker = self
+        ident = get_ident()
         jobs = self._jobs
         parked = self._parked
         generation = self._generation
@@ -305,7 +311,14 @@ class WorkerPool:
             call = take(fut)
             if call is not None:
                 fut._state = RUNNING
-                run_call(fut, call, 0)
+                if self.counts_busy:
+                    self._busy.add(ident)
+                    try:
+                        run_call(fut, call, 0)
+                    finally:
+                        self._busy.discard(ident)
+                else:
+                    run_call(fut, call, 0)
             # Drop references now, or an idle worker keeps the last future alive.
             del fut, call
 
@@ -322,6 +335,8 @@ class WorkerPool:
         """This worker is about to block in ``wait``: give its slot to a new worker."""
         with self._lock:
             self._running -= 1
+        if self.counts_busy:
+            self._busy.discard(get_ident())
         if self._jobs and not self._parked:
             self._grow()
 
@@ -330,6 +345,8 @@ class WorkerPool:
         exceeded until a worker finishes its call (waiting for a slot could deadlock)."""
         with self._lock:
             self._running += 1
+        if self.counts_busy:
+            self._busy.add(get_ident())
 
 
 # The pools with calls queued at their limit, which the watchdog thread looks at while
@@ -591,7 +608,7 @@ def run_inline(fut: Future[Any], leave_to_a_full_pool: bool = True) -> bool:
         leave_to_a_full_pool
         and "torch" in _modules
         and is_module_call(fut._func)
-        and _module_pool_is_full(handle)
+        and _module_pool_is_full(handle, fut)
     ):
         return False
     try:
@@ -606,10 +623,11 @@ def run_inline(fut: Future[Any], leave_to_a_full_pool: bool = True) -> bool:
     return True
 
 
-def _module_pool_is_full(handle: list[Call]) -> bool:
-    """Whether the module pool of a queued call runs as many calls as it may, in threads
-    other than this one: running it here too would share the cores with them, and the
-    call, whose turn in a worker comes anyway, would make all of them finish later."""
+def _module_pool_is_full(handle: list[Call], fut: Future[Any]) -> bool:
+    """Whether the module pool of ``fut``, a queued call, runs as many calls as it may
+    in threads other than this one, counting the calls its woken workers are about to
+    take: running ``fut`` here too would share the cores with them, and the call, whose
+    turn in a worker comes anyway, would make all of them finish later."""
     try:
         host = handle[0][4]
     except IndexError:  # taken just now
@@ -617,10 +635,29 @@ def _module_pool_is_full(handle: list[Call]) -> bool:
     pool = _module_pools.get(id(host))
     if pool is None or thread_state.worker is pool:  # a worker's own: no thread more
         return False
-    # Idle workers are counted in _running, but only those at work (or woken) compute.
-    # A limit of 0 is a closed pool (the interpreter exits): it takes no calls.
     limit = pool._limit
-    return 0 < limit <= pool._running - len(pool._parked)
+    if limit <= 0:  # closed (the interpreter exits): it takes no calls
+        return False
+    busy = len(pool._busy)
+    if busy >= limit:
+        return True
+    # Workers woken (by fork) and not in a call yet each take a call still queued; one
+    # that finds none (this one, taken here) parks again and computes nothing.
+    woken = pool._running - len(pool._parked) - busy
+    if woken <= 0:
+        return False
+    # The first few of the queue, by index: each read is atomic, while an iterator fails
+    # if a worker pops meanwhile. (A pop between reads may shift one: a guess is enough.)
+    jobs = pool._jobs
+    others = 0
+    try:
+        for i in range(min(len(jobs), limit + 1)):
+            queued = jobs[i]
+            if queued is not fut and queued._state == QUEUED:
+                others += 1
+    except IndexError:  # popped meanwhile
+        pass
+    return busy + min(woken, others) >= limit
 
 
 def interrupted_here(fut: Future[Any]) -> bool:
