@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -243,18 +244,58 @@ class Counted(nn.Module):
                 self.inside[0] -= 1
 
 
-def test_an_ensemble_waited_from_sync_code_runs_no_more_modules_at_once_than_the_pool() -> None:
+@pytest.mark.parametrize("before", ["nothing", "cancelled calls", "calls run inline"])
+def test_an_ensemble_waited_from_sync_code_runs_no_more_modules_at_once_than_the_pool(
+    before: str,
+) -> None:
     """Four models forked and waited on: the waiter leaves them to the pool's woken
-    threads rather than make a third one computing on two cores."""
+    threads rather than make a third one computing on two cores; also when the queue
+    still holds calls cancelled or run by their waiters, which no worker popped yet."""
     cap = torch.get_num_interop_threads()
-    inside = [0, 0]  # now, most
-    models = [Counted(inside, threading.Lock()) for _ in range(cap + 2)]
     lock = threading.Lock()
-    for model in models:
-        model.lock = lock
+    inside = [0, 0]  # now, most
+    models = [Counted(inside, lock) for _ in range(cap + 2)]
     for _ in range(30):
+        for _ in range(cap):
+            if before == "cancelled calls":
+                fork(nn.Identity(), torch.zeros(1)).cancel()
+            elif before == "calls run inline":
+                wait(fork(nn.Identity(), torch.zeros(1)))
         forkwait.wait_all([fork(model) for model in models])
     assert inside == [0, cap]
+
+
+class Flusher:
+    """An argument whose finalizer waits, in the worker, after the call it was for."""
+
+    def __init__(self, pending: forkwait.Future[None]) -> None:
+        self.pending = pending
+
+    def __del__(self) -> None:
+        self.pending.result()
+
+
+def test_a_worker_that_waits_between_calls_does_not_count_as_in_one() -> None:
+    """Or the pool would look full for good, and lone waits leave their calls to it."""
+    count = torch.get_num_interop_threads()
+    started = threading.Barrier(count + 1, timeout=10)
+    released = threading.Event()
+
+    class Meeting(nn.Module):
+        def forward(self, flusher: Flusher) -> int:
+            started.wait()
+            return 0
+
+    pool = module_pool_for(None)
+    futs = [fork(Meeting(), Flusher(fork(released.wait, 10))) for _ in range(count)]
+    started.wait()
+    assert forkwait.wait_all(futs) == [0] * count
+    released.set()
+    deadline = time.monotonic() + 10
+    while len(pool._parked) < count:  # both finalizers done, and their workers idle
+        assert time.monotonic() < deadline, "the workers did not go idle"
+        time.sleep(0.01)  # nothing to wait on: they park on locks of their own
+    assert not pool._busy
 
 
 def test_a_module_waiting_on_a_module_runs_it_in_its_own_thread_when_the_pool_is_full() -> None:
@@ -274,15 +315,21 @@ def test_a_module_waiting_on_a_module_runs_it_in_its_own_thread_when_the_pool_is
         assert inner == outer
 
 
-def test_a_waiter_runs_a_module_left_to_a_full_pool_when_no_thread_can_start() -> None:
+@pytest.mark.parametrize("how", ["wait", "collect_all", "wait_collect_all"])
+def test_a_waiter_runs_a_module_left_to_a_full_pool_when_no_thread_can_start(how: str) -> None:
     """Its threads blocked on what forkwait cannot see, and no new thread possible (the
     system's thread limit, or an exit hook on Python 3.12): rather than hang, the waiter
     runs the call itself once the watchdog had its chance."""
     opened, gates = block_module_threads()
     go = threading.Event()
     job: list[forkwait.Future[bool]] = []
+    waits: dict[str, Callable[[], bool]] = {
+        "wait": lambda: wait(job[0]),
+        "collect_all": lambda: forkwait.collect_all(job).wait()[0].result(),
+        "wait_collect_all": lambda: wait(forkwait.collect_all(job))[0].result(),
+    }
     ran: list[bool] = []
-    waiter = threading.Thread(target=lambda: go.wait(10) and ran.append(wait(job[0])))
+    waiter = threading.Thread(target=lambda: go.wait(10) and ran.append(waits[how]()))
     waiter.start()
     before = threading.stack_size(1 << 40)  # larger than memory: every start fails
     try:

@@ -331,21 +331,27 @@ class WorkerPool:
             return False
         return True
 
-    def block_released(self) -> None:
-        """This worker is about to block in ``wait``: give its slot to a new worker."""
+    def block_released(self) -> bool:
+        """This worker is about to block in ``wait``: give its slot to a new worker;
+        ``True`` if it was in a call (and so no longer counts as busy meanwhile)."""
         with self._lock:
             self._running -= 1
+        in_a_call = False
         if self.counts_busy:
-            self._busy.discard(get_ident())
+            ident = get_ident()
+            if ident in self._busy:  # not a wait of a finalizer between two calls, say
+                self._busy.discard(ident)
+                in_a_call = True
         if self._jobs and not self._parked:
             self._grow()
+        return in_a_call
 
-    def unblocked(self) -> None:
+    def unblocked(self, in_a_call: bool) -> None:
         """This worker stopped blocking and takes its slot back; the limit may be
         exceeded until a worker finishes its call (waiting for a slot could deadlock)."""
         with self._lock:
             self._running += 1
-        if self.counts_busy:
+        if in_a_call:
             self._busy.add(get_ident())
 
 
@@ -646,18 +652,22 @@ def _module_pool_is_full(handle: list[Call], fut: Future[Any]) -> bool:
     woken = pool._running - len(pool._parked) - busy
     if woken <= 0:
         return False
-    # The first few of the queue, by index: each read is atomic, while an iterator fails
-    # if a worker pops meanwhile. (A pop between reads may shift one: a guess is enough.)
+    # Calls still queued, from the newest back (taken and cancelled ones stay in the
+    # deque until a worker pops them, oldest first): a few reads by index, each atomic
+    # (an iterator would fail if a worker pops meanwhile); a guess is enough.
     jobs = pool._jobs
+    need = min(woken, limit - busy)
     others = 0
     try:
-        for i in range(min(len(jobs), limit + 1)):
-            queued = jobs[i]
+        for i in range(1, min(len(jobs), 2 * limit + 2) + 1):
+            queued = jobs[-i]
             if queued is not fut and queued._state == QUEUED:
                 others += 1
+                if others == need:
+                    return True
     except IndexError:  # popped meanwhile
         pass
-    return busy + min(woken, others) >= limit
+    return False  # fewer calls queued than woken workers to fill the pool with
 
 
 def interrupted_here(fut: Future[Any]) -> bool:
@@ -713,8 +723,7 @@ def block(fut: Future[Any], timeout: float | None) -> None:
     if not fut._add_waiter(waiter):
         return
     worker: WorkerPool | None = thread_state.worker
-    if worker is not None:
-        worker.block_released()  # rule 2
+    in_a_call = worker is not None and worker.block_released()  # rule 2
     try:
         if timeout is None and fut._state != QUEUED:  # _acquire, inlined: the sync hot path
             woken = waiter.acquire(True, LOOK_AGAIN_SECONDS) or keep_acquiring(waiter, fut, None)
@@ -727,7 +736,7 @@ def block(fut: Future[Any], timeout: float | None) -> None:
         raise
     finally:
         if worker is not None:
-            worker.unblocked()
+            worker.unblocked(in_a_call)
     if not woken:
         fut._remove_waiter(waiter)
         if fut._state >= DONE:  # it finished as the wait timed out: not a timeout
@@ -829,8 +838,7 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
     if not observer.interrupt_with(wake):
         wake()
     worker: WorkerPool | None = thread_state.worker
-    if worker is not None:
-        worker.block_released()  # rule 2
+    in_a_call = worker is not None and worker.block_released()  # rule 2
     try:
         woken = _acquire(wake.lock, fut, timeout)
     except BaseException:  # interrupted (Ctrl-C): this thread will not raise a failure
@@ -838,7 +846,7 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
         raise
     finally:
         if worker is not None:
-            worker.unblocked()
+            worker.unblocked(in_a_call)
         observer.stop_interrupting(wake)
     if fut._state >= DONE:
         return
@@ -893,16 +901,18 @@ def _wait_for_member(member: Future[Any], collected: Future[Any]) -> None:
     if not member._add_waiter(wake):
         return
     worker: WorkerPool | None = thread_state.worker
-    if worker is not None:
-        worker.block_released()  # rule 2
+    in_a_call = worker is not None and worker.block_released()  # rule 2
     try:
         if collected._add_waiter(wake):
-            wake.lock.acquire()
+            if member._state == QUEUED and type(member._handle) is list:
+                _acquire_left_to_pool(wake.lock, member)
+            else:
+                wake.lock.acquire()
     finally:
         member._remove_waiter(wake)
         collected._remove_waiter(wake)
         if worker is not None:
-            worker.unblocked()
+            worker.unblocked(in_a_call)
 
 
 def _refuse_waiting_on_the_hidden_loop(fut: Future[Any]) -> None:
