@@ -311,7 +311,8 @@ def test_a_module_waiting_on_a_module_runs_it_in_its_own_thread_when_the_pool_is
             waited.wait()  # none of them free to take another's call meanwhile
             return threading.current_thread().name, inner
 
-    for outer, inner in forkwait.wait_all([fork(Outer()) for _ in range(count)]):
+    # With a timeout the waiter runs none of them itself: they all run in the pool.
+    for outer, inner in forkwait.wait_all([fork(Outer()) for _ in range(count)], timeout=30):
         assert inner == outer
 
 
