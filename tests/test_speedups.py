@@ -22,7 +22,7 @@ import pytest
 
 import forkwait
 from forkwait import CancelledError, fork, wait
-from forkwait._compiled import speedups
+from forkwait._compiled import running_loop, speedups
 
 from .conftest import run_python
 
@@ -537,3 +537,65 @@ def test_a_second_interpreter_runs_forkwait_in_pure_python() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "raised x"
     assert done.stderr == ""
+
+
+# -- running_loop: asyncio's _get_running_loop without its getpid() --------------------
+
+
+def _both_running_loops() -> tuple[object, object]:
+    return running_loop(), asyncio.events._get_running_loop()
+
+
+def test_running_loop_agrees_with_asyncio_in_and_out_of_loops() -> None:
+    import threading
+
+    import uvloop
+
+    seen: list[tuple[object, object]] = []
+
+    def in_a_thread() -> None:  # no loop ever ran in it: no entry in its state dict
+        seen.append(_both_running_loops())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert _both_running_loops() == (loop, loop)
+        other = threading.Thread(target=in_a_thread)
+        other.start()
+        other.join()
+        assert await fork(_both_running_loops_async) == (loop, loop)
+
+    in_a_thread()
+    asyncio.run(main())
+    assert _both_running_loops() == (None, None)  # the loop stopped
+    uvloop.run(main())
+    assert _both_running_loops() == (None, None)
+    assert seen == [(None, None)] * 3
+
+
+async def _both_running_loops_async() -> tuple[object, object]:
+    return _both_running_loops()
+
+
+def test_running_loop_is_none_in_a_child_of_os_fork_made_inside_a_loop() -> None:
+    # The child inherits the thread's record of the running loop, but that loop is the
+    # parent's: asyncio says None there, and so must forkwait, whose forks then go to a
+    # runtime of the child's own rather than to a loop nothing runs.
+    done = run_python(
+        "-c",
+        "import asyncio, os, forkwait, forkwait._compiled as c\n"
+        "async def double(x): return 2 * x\n"
+        "async def main():\n"
+        "    assert c.running_loop() is asyncio.get_running_loop()\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        try:\n"
+        "            print(c.running_loop(), asyncio.events._get_running_loop(),"
+        " forkwait.wait(forkwait.fork(double, 21), timeout=10), flush=True)\n"
+        "        finally:\n"
+        "            os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "    print(c.running_loop() is asyncio.get_running_loop())\n"
+        "asyncio.run(main())\n",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "None", "42", "True"]

@@ -6,7 +6,10 @@ the environment turns them off: forkwait behaves the same, a little slower.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from asyncio import events
+from collections.abc import Callable
 from types import ModuleType
 
 
@@ -23,3 +26,9 @@ def _load() -> ModuleType | None:
 
 
 speedups = _load()
+
+#: ``asyncio.events._get_running_loop``; the C one reads what it reads without its
+#: system call (a getpid() per call made inside a loop, on Python 3.11).
+running_loop: Callable[[], asyncio.AbstractEventLoop | None] = (
+    events._get_running_loop if speedups is None else speedups.running_loop
+)

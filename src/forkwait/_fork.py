@@ -8,12 +8,11 @@ import functools
 import inspect
 import sys
 import types
-from asyncio import events as _events
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from ._callables import is_async_callable
-from ._compiled import speedups
+from ._compiled import running_loop, speedups
 from ._config import settings
 from ._future import Future, allocate_future, new_future, python_await
 from ._hooks import Observer, current_observer, get_observer
@@ -49,7 +48,6 @@ _is_awaitable: Callable[[object], bool] = inspect.isawaitable  # a plain bool: n
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_get_running_loop = _events._get_running_loop
 _copy_context = contextvars.copy_context
 _modules = sys.modules
 
@@ -95,7 +93,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
             fut._handle = None
             fut._set_result(coro)
             return fut
-        loop = _get_running_loop()
+        loop = running_loop()
         if loop is not None:
             # The hot path: a task on the caller's own loop, which copies the context;
             # driver(fut, coro), inlined.
@@ -123,7 +121,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     if "torch" in _modules:  # the forker's grad mode, inference mode and autocast go along
         is_module = is_module_call(func)
         func = bind_torch_state(func)
-    host: Host = _get_running_loop()  # current_host(), inlined:
+    host: Host = running_loop()  # current_host(), inlined:
     if host is None:
         frame = get_call_frame()  # inside a forked call in this thread: what it works for
         host = frame[0]
@@ -192,7 +190,7 @@ def chain(
                 return
             # Sequential mode: in this thread still, a turn of its loop (or trio run)
             # later; a sync call run inline there hides that loop (see _sequential).
-            here = _get_running_loop() or trio_token() or thread_state.hidden_host
+            here = running_loop() or trio_token() or thread_state.hidden_host
             if isinstance(here, asyncio.AbstractEventLoop):
                 here.call_soon(run_fn, done)
                 return

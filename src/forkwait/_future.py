@@ -11,14 +11,13 @@ import sys
 import threading
 import weakref
 from _thread import allocate_lock
-from asyncio import events as _events
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, overload
 
 from . import _hosts
 from ._callables import describe
-from ._compiled import speedups
+from ._compiled import running_loop, speedups
 from ._hooks import get_observer
 from ._hosts import (
     LOOK_AGAIN_SECONDS,
@@ -49,7 +48,6 @@ _LockType = type(allocate_lock())  # what a thread blocked in wait waits on
 # most are never waited on while pending (fan-outs, calls run inline).
 _lists: dict[Future[Any], list[Any]] = {}
 _first_list = _lists.setdefault
-_get_running_loop = _events._get_running_loop
 _modules = sys.modules
 _AsyncioFuture = asyncio.Future
 _Task: Any = asyncio.Task
@@ -322,7 +320,7 @@ class Future(_FutureCore, Generic[T]):
         # a fan-out) costs one frame, and a pending one a single bare yield.
         state = self._state
         if state < DONE:
-            loop = _get_running_loop()
+            loop = running_loop()
             if loop is None:
                 token = trio_token()
                 if token is not None:  # and so forkwait._trio is loaded
@@ -449,7 +447,7 @@ class Future(_FutureCore, Generic[T]):
             return handle.cancel()  # in a worker process or on a Dask cluster
         else:
             return False  # a sync call running in a thread
-        if loop is _get_running_loop():
+        if loop is running_loop():
             _cancel_task(self)
         else:
             try:
@@ -588,7 +586,7 @@ class Future(_FutureCore, Generic[T]):
             if type(waiter) is _AsyncioFuture and self._state == DONE:
                 # The hot path, inlined: a task on this loop awaits the value.
                 future: asyncio.Future[Any] = waiter  # pyright: ignore[reportUnknownVariableType]
-                if future.get_loop() is _get_running_loop():
+                if future.get_loop() is running_loop():
                     if not future.done():
                         future.set_result(self._value)
                     continue
@@ -619,7 +617,7 @@ class Future(_FutureCore, Generic[T]):
         elif isinstance(waiter, _AsyncioFuture):
             future: asyncio.Future[Any] = waiter  # pyright: ignore[reportUnknownVariableType]
             loop = future.get_loop()
-            if loop is _get_running_loop():
+            if loop is running_loop():
                 self._settle(future)
                 return
             # A failure is the awaiter's now, not once its loop runs the hand-off: a

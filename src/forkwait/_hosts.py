@@ -15,12 +15,11 @@ import sys
 import threading
 import time
 import weakref
-from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from ._callables import describe
-from ._compiled import speedups
+from ._compiled import running_loop, speedups
 from ._runtime import runtime
 from ._state import DONE, QUEUED, RUNNING
 
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 
 Host: TypeAlias = "asyncio.AbstractEventLoop | TrioToken | None"
 
-_get_running_loop = _events._get_running_loop
 _modules = sys.modules
 
 
@@ -138,7 +136,7 @@ os.register_at_fork(after_in_child=_forget_hosts_in_child)
 
 def current_host() -> Host:
     """The loop that work forked from this thread goes to (spec rules 1-3)."""
-    loop = _get_running_loop()
+    loop = running_loop()
     if loop is not None:
         return loop
     return thread_host()
@@ -386,7 +384,7 @@ def spawn(
         trio_host.spawn(host, fut, awaitable, context, queued)
         return
     loop = host if host is not None else runtime.loop()
-    if loop is _get_running_loop():
+    if loop is running_loop():
         _start(fut, awaitable, context, queued)
         return
     if queued:
@@ -415,7 +413,7 @@ def _start(
         if take(fut) is None:
             return  # cancel() won, and closed the coroutine
         fut._state = RUNNING
-    loop = _get_running_loop()
+    loop = running_loop()
     assert loop is not None
     sniffio = _modules.get("sniffio")
     if sniffio is not None and context.get(sniffio.current_async_library_cvar) is not None:

@@ -385,22 +385,20 @@ def _cancelled_error(func: Callable[..., Any]) -> BaseException:
 
 def _in_async_code() -> bool:
     """Whether an event loop (asyncio's, or a trio run) runs in this thread."""
-    from asyncio import events
-
+    from ._compiled import running_loop
     from ._hosts import trio_token
 
-    return events._get_running_loop() is not None or trio_token() is not None
+    return running_loop() is not None or trio_token() is not None
 
 
 def _in_host_thread(host: Any) -> bool:
     """Whether this thread runs ``host`` (an asyncio loop, or a trio run's token)."""
-    from asyncio import events
-
+    from ._compiled import running_loop
     from ._hosts import trio_token
 
     if host is None:
         return False
-    return events._get_running_loop() is host or trio_token() is host
+    return running_loop() is host or trio_token() is host
 
 
 def _start_or_cancel(tg: TaskGroup, keep: Callable[[Future[Any]], Any], fut: Future[Any]) -> bool:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from typing import Any
 
+from ._compiled import running_loop
 from ._future import Future, new_future
 from ._hooks import Observer, current_observer, install
 from ._hosts import Slot, close_awaitable, spawn, thread_state, trio_token
@@ -63,7 +64,7 @@ class Sequential(Observer):
         """Run ``func(*args, **kwargs)`` now (or, for a coroutine in async code, queue it
         after the one forked before), and return its future; ``func`` is ``unwrapped``
         as the observers wrapped it."""
-        host = events._get_running_loop() or trio_token()
+        host = running_loop() or trio_token()
         hidden = thread_state.hidden_host
         if (
             host is None
@@ -176,7 +177,7 @@ def _call_as_sync_code(
 ) -> Any:
     """``func(*args, **kwargs)`` in this thread as if no event loop ran here, so that the
     call's own waits block as they would in a worker thread."""
-    loop = events._get_running_loop()
+    loop = running_loop()
     token = trio_token()
     sniffio = sys.modules.get("sniffio")
     library = getattr(sniffio.thread_local, "name", None) if sniffio is not None else None
@@ -197,7 +198,7 @@ def _call_as_sync_code(
 
 def _run_to_end(awaitable: Any) -> Any:
     """Run a coroutine to its end on a loop of its own, in this thread."""
-    outer = events._get_running_loop()
+    outer = running_loop()
     events._set_running_loop(None)  # hidden for the inner loop; put back after
     loop = asyncio.new_event_loop()
     try:

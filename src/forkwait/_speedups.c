@@ -22,7 +22,6 @@ enum { QUEUED = 0, RUNNING = 1, DONE = 2, FAILED = 3, CANCELLED = 4 };
 /* Set once by setup(), from the Python side. */
 static PyObject *state_objects[5];
 static PyObject *observer_var;     /* _hooks.current_observer */
-static PyObject *get_running_loop; /* asyncio.events._get_running_loop */
 static PyTypeObject *task_type;    /* asyncio.Task */
 static PyTypeObject *future_type;  /* forkwait.Future */
 static PyObject *python_fork;      /* _fork.fork, for every other case */
@@ -36,6 +35,157 @@ static int ready;
 
 static PyObject *str_drain, *str_create_task, *str_get_loop, *str_wait_after_the_turn,
     *str_outcome, *str_set_exception, *str_throw, *str_close;
+
+/* -- the running loop --------------------------------------------------------------- */
+
+static PyObject *get_running_loop; /* asyncio.events._get_running_loop, set at import */
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(MS_WINDOWS)
+/* Python 3.11's _asyncio keeps the running loop in the thread's state dict, in an
+   object of this layout. Its _get_running_loop() compares rl_pid with getpid(), a
+   system call, on every call made inside a loop (0.15 us here, half the cost of a
+   fork): reading the holder and comparing with the pid kept below is the same check.
+   3.12 dropped the pid check, and 3.14 the dict entry: there the call is made. */
+#define READ_LOOP_HOLDER 1
+#include <unistd.h>
+typedef struct {
+    PyObject_HEAD
+    PyObject *rl_loop;
+    pid_t rl_pid;
+} LoopHolder;
+static PyObject *str_loop_holder_key; /* NULL: get_running_loop is not _asyncio's */
+static PyTypeObject *loop_holder_type; /* known by its name and size on first sight */
+static pid_t this_pid;                 /* set again in a child by os.register_at_fork */
+
+static int
+is_loop_holder(PyObject *holder)
+{
+    PyTypeObject *type = Py_TYPE(holder);
+    if (type == loop_holder_type) {
+        return 1;
+    }
+    if (loop_holder_type == NULL && type->tp_basicsize == sizeof(LoopHolder) &&
+        strcmp(type->tp_name, "_RunningLoopHolder") == 0) {
+        loop_holder_type = type; /* a static type of _asyncio: never freed */
+        return 1;
+    }
+    return 0;
+}
+#endif
+
+static PyObject *
+running_loop(void)
+{
+    /* asyncio.events._get_running_loop(): the loop running in this thread, or None. */
+#ifdef READ_LOOP_HOLDER
+    if (str_loop_holder_key != NULL) {
+        PyObject *dict = PyThreadState_GetDict(); /* borrowed */
+        if (dict != NULL) {
+            PyObject *holder = PyDict_GetItemWithError(dict, str_loop_holder_key);
+            if (holder == NULL) {
+                if (PyErr_Occurred()) {
+                    return NULL;
+                }
+                Py_RETURN_NONE; /* no loop ever ran in this thread */
+            }
+            if (is_loop_holder(holder)) {
+                LoopHolder *running = (LoopHolder *)holder;
+                if (running->rl_loop == Py_None) {
+                    Py_RETURN_NONE;
+                }
+                if (running->rl_pid == this_pid) {
+                    Py_INCREF(running->rl_loop);
+                    return running->rl_loop;
+                }
+                /* Set in the parent before an os.fork(): the call says None. */
+            }
+        }
+    }
+#endif
+    return PyObject_CallNoArgs(get_running_loop);
+}
+
+static PyObject *
+running_loop_function(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return running_loop();
+}
+
+static PyObject *
+after_fork_in_child(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+#ifdef READ_LOOP_HOLDER
+    this_pid = getpid();
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef after_fork_in_child_def = {
+    "_after_fork_in_child", after_fork_in_child, METH_NOARGS,
+    PyDoc_STR("Note the child's pid: the running loop is the parent's until a loop runs.")};
+
+static int
+init_running_loop(PyObject *module)
+{
+    PyObject *events = PyImport_ImportModule("asyncio.events");
+    if (events == NULL) {
+        return -1;
+    }
+    get_running_loop = PyObject_GetAttrString(events, "_get_running_loop");
+    Py_DECREF(events);
+    if (get_running_loop == NULL) {
+        return -1;
+    }
+#ifdef READ_LOOP_HOLDER
+    /* Only _asyncio's function reads the holder; the pure-Python one a thread local. */
+    PyObject *c_asyncio = PyImport_ImportModule("_asyncio");
+    if (c_asyncio == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *c_running = PyObject_GetAttrString(c_asyncio, "_get_running_loop");
+    Py_DECREF(c_asyncio);
+    if (c_running == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(c_running);
+    if (c_running != get_running_loop) {
+        return 0;
+    }
+    PyObject *os = PyImport_ImportModule("os");
+    if (os == NULL) {
+        return -1;
+    }
+    PyObject *hook = PyCFunction_New(&after_fork_in_child_def, module);
+    PyObject *register_at_fork = PyObject_GetAttrString(os, "register_at_fork");
+    Py_DECREF(os);
+    if (hook == NULL || register_at_fork == NULL) {
+        Py_XDECREF(hook);
+        Py_XDECREF(register_at_fork);
+        return -1;
+    }
+    PyObject *no_args = PyTuple_New(0);
+    PyObject *kwargs = no_args == NULL ? NULL : Py_BuildValue("{sO}", "after_in_child", hook);
+    PyObject *r = kwargs == NULL ? NULL : PyObject_Call(register_at_fork, no_args, kwargs);
+    Py_XDECREF(no_args);
+    Py_XDECREF(kwargs);
+    Py_DECREF(hook);
+    Py_DECREF(register_at_fork);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    this_pid = getpid();
+    str_loop_holder_key = PyUnicode_InternFromString("__asyncio_running_event_loop__");
+    if (str_loop_holder_key == NULL) {
+        return -1;
+    }
+#endif
+    return 0;
+}
+
+/* -- helpers ------------------------------------------------------------------------- */
 
 static PyObject *
 stop_iteration(PyObject *value)
@@ -379,7 +529,7 @@ FutureCore_await(FutureCore *self)
     else if (state < DONE && self->handle != NULL && Py_IS_TYPE(self->handle, task_type)) {
         /* Its task is on this loop's ready queue: let it run first (a bare yield), as
            it often finishes in that one step; see Future.__await__. */
-        PyObject *loop = PyObject_CallNoArgs(get_running_loop);
+        PyObject *loop = running_loop();
         if (loop == NULL) {
             return NULL;
         }
@@ -1044,7 +1194,7 @@ Fork_vectorcall(PyObject *Py_UNUSED(self), PyObject *const *args, size_t nargsf,
     if (observer != Py_None) {
         goto python; /* a scope, a trace or sequential mode sees this fork */
     }
-    PyObject *loop = PyObject_CallNoArgs(get_running_loop);
+    PyObject *loop = running_loop();
     if (loop == NULL) {
         return NULL;
     }
@@ -1237,23 +1387,16 @@ setup(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     if (asyncio == NULL) {
         return NULL;
     }
-    PyObject *events = PyObject_GetAttrString(asyncio, "events");
     PyObject *task = PyObject_GetAttrString(asyncio, "Task");
     Py_DECREF(asyncio);
-    if (events == NULL || task == NULL) {
-        Py_XDECREF(events);
-        Py_XDECREF(task);
+    if (task == NULL) {
         return NULL;
     }
-    PyObject *running = PyObject_GetAttrString(events, "_get_running_loop");
-    Py_DECREF(events);
-    if (running == NULL || !PyType_Check(task)) {
-        Py_XDECREF(running);
+    if (!PyType_Check(task)) {
         Py_DECREF(task);
         PyErr_SetString(PyExc_TypeError, "setup(): asyncio.Task is not a type");
         return NULL;
     }
-    Py_XSETREF(get_running_loop, running);
     Py_XSETREF(task_type, (PyTypeObject *)task);
     PyTypeObject *future_class = (PyTypeObject *)future;
     if (future_class->tp_basicsize != FutureCore_Type.tp_basicsize ||
@@ -1290,6 +1433,8 @@ in_main_interpreter(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 static PyMethodDef module_methods[] = {
     {"in_main_interpreter", in_main_interpreter, METH_NOARGS,
      PyDoc_STR("Whether this is the main interpreter, the only one the fast paths serve.")},
+    {"running_loop", running_loop_function, METH_NOARGS,
+     PyDoc_STR("asyncio.events._get_running_loop(), without its system call.")},
     {"setup", (PyCFunction)(void (*)(void))setup, METH_VARARGS | METH_KEYWORDS,
      PyDoc_STR("Wire the fast paths to the Python code they hand the rest to.")},
     {NULL},
@@ -1350,6 +1495,10 @@ PyInit__speedups(void)
     if (PyModule_AddObjectRef(module, "FutureCore", (PyObject *)&FutureCore_Type) < 0 ||
         PyModule_AddObjectRef(module, "Driver", (PyObject *)&Driver_Type) < 0 ||
         PyModule_AddObjectRef(module, "Fork", (PyObject *)&Fork_Type) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (init_running_loop(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,5 +1,6 @@
 """The hot path of fork(coroutine function) and await, in C (see _speedups.c)."""
 
+from asyncio import AbstractEventLoop
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar
 from typing import Any
@@ -22,6 +23,9 @@ class Fork:
     """forkwait.fork, with its hot path in C."""
 
     def __call__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
+
+def running_loop() -> AbstractEventLoop | None:
+    """asyncio.events._get_running_loop(), without its system call."""
 
 def in_main_interpreter() -> bool:
     """Whether this is the main interpreter, the only one the fast paths serve."""

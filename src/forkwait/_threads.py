@@ -30,12 +30,12 @@ import threading
 import time
 import weakref
 from _thread import TIMEOUT_MAX, allocate_lock
-from asyncio import events as _events
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from ._callables import describe
+from ._compiled import running_loop
 from ._config import settings
 from ._hosts import (
     LOOK_AGAIN_SECONDS,
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
     #: What fork records for a sync call: func, args, kwargs, context, host.
     Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], contextvars.Context, Host]
 
-_get_running_loop = _events._get_running_loop
 _set_call_frame = call_frame.set
 _modules = sys.modules
 
@@ -589,7 +588,7 @@ def block_until_done(
     fut: Future[Any], timeout: float | None, api: str, observer: Observer | None = None
 ) -> None:
     """Block this thread until ``fut`` is done, or raise ``TimeoutError``."""
-    if _get_running_loop() is not None or trio_token() is not None:
+    if running_loop() is not None or trio_token() is not None:
         raise RuntimeError(
             f"Future.{api}() would block the event loop running in this thread; "
             f"in async code write `await fut` or `await forkwait.wait(fut)`"

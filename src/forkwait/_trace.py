@@ -70,9 +70,10 @@ def _text(exc: BaseException) -> str:
 
 def _loop_name() -> str | None:
     import sys
-    from asyncio import events
 
-    loop = events._get_running_loop()
+    from ._compiled import running_loop
+
+    loop = running_loop()
     if loop is not None:
         return f"{type(loop).__module__.split('.')[0]} loop {id(loop):#x}"
     if "trio" in sys.modules:

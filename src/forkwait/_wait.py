@@ -6,10 +6,10 @@ import itertools
 import sys
 import time
 import warnings
-from asyncio import events as _events
 from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from typing import Any, Generic, TypeVar
 
+from ._compiled import running_loop
 from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
 from ._hosts import Members, take, trio_token
@@ -18,7 +18,6 @@ from ._threads import block, interrupted_here, run_inline, run_queued, seconds
 
 T = TypeVar("T")
 
-_get_running_loop = _events._get_running_loop
 _modules = sys.modules
 
 
@@ -122,7 +121,7 @@ def wait(future: Future[T], timeout: float | None = None) -> T:
         raise _not_a_future(future, "wait")
     if timeout is not None:
         timeout = seconds(timeout, "wait")
-    if _get_running_loop() is None and not ("trio" in _modules and trio_token() is not None):
+    if running_loop() is None and not ("trio" in _modules and trio_token() is not None):
         if get_observer() is not None:
             return observed_wait(future, timeout, "wait")
         # future.result(timeout), inlined: the sync hot path.
@@ -171,7 +170,7 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
     futs = _futures_of(futures)
     if timeout is not None:
         timeout = seconds(timeout, "wait_all")
-    if _get_running_loop() is None and trio_token() is None:
+    if running_loop() is None and trio_token() is None:
         if timeout is None:
             if get_observer() is None:  # a scope's or trace's waits go through result()
                 ran = run_queued(futs)
