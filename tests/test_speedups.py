@@ -599,3 +599,29 @@ def test_running_loop_is_none_in_a_child_of_os_fork_made_inside_a_loop() -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["None", "None", "42", "True"]
+
+
+@pytest.mark.parametrize("how", ["an at-fork hook registered before forkwait", "libc fork()"])
+def test_running_loop_is_none_in_a_child_before_python_notes_the_fork(how: str) -> None:
+    # Python's at-fork hooks run in the order registered, and C code may fork without
+    # running them: the child's pid is noted inside fork() itself.
+    if how == "libc fork()":
+        forking = "pid = ctypes.CDLL(None).fork()\n    if pid == 0: report()\n"
+    else:
+        forking = "pid = os.fork()\n"
+    done = run_python(
+        "-c",
+        "import asyncio, ctypes, os, sys\n"
+        "def report():\n"
+        "    import forkwait._compiled as c\n"
+        "    os.write(1, f'{c.running_loop()} {asyncio.events._get_running_loop()}\\n'.encode())\n"
+        "    os._exit(0)\n"
+        "os.register_at_fork(after_in_child=lambda: 'forkwait' in sys.modules and report())\n"
+        "import forkwait\n"
+        "async def main():\n"
+        f"    {forking}"
+        "    os.waitpid(pid, 0)\n"
+        "asyncio.run(main())\n",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "None"]

@@ -45,8 +45,9 @@ static PyObject *get_running_loop; /* asyncio.events._get_running_loop, set at i
    object of this layout. Its _get_running_loop() compares rl_pid with getpid(), a
    system call, on every call made inside a loop (0.15 us here, half the cost of a
    fork): reading the holder and comparing with the pid kept below is the same check.
-   3.12 dropped the pid check, and 3.14 the dict entry: there the call is made. */
+   3.12 dropped the holder and its check: there the call is made. */
 #define READ_LOOP_HOLDER 1
+#include <pthread.h>
 #include <unistd.h>
 typedef struct {
     PyObject_HEAD
@@ -55,7 +56,7 @@ typedef struct {
 } LoopHolder;
 static PyObject *str_loop_holder_key; /* NULL: get_running_loop is not _asyncio's */
 static PyTypeObject *loop_holder_type; /* known by its name and size on first sight */
-static pid_t this_pid;                 /* set again in a child by os.register_at_fork */
+static pid_t this_pid;                 /* set again in a child by pthread_atfork */
 
 static int
 is_loop_holder(PyObject *holder)
@@ -111,32 +112,31 @@ running_loop_function(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     return running_loop();
 }
 
-static PyObject *
-after_fork_in_child(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
-{
 #ifdef READ_LOOP_HOLDER
+static void
+note_the_child_pid(void)
+{
+    /* Run by fork() itself in the child, before any Python code there (an at-fork hook
+       of Python's, or a fork() made by C code that runs none). */
     this_pid = getpid();
-#endif
-    Py_RETURN_NONE;
 }
-
-static PyMethodDef after_fork_in_child_def = {
-    "_after_fork_in_child", after_fork_in_child, METH_NOARGS,
-    PyDoc_STR("Note the child's pid: the running loop is the parent's until a loop runs.")};
+#endif
 
 static int
-init_running_loop(PyObject *module)
+init_running_loop(void)
 {
     PyObject *events = PyImport_ImportModule("asyncio.events");
     if (events == NULL) {
         return -1;
     }
-    get_running_loop = PyObject_GetAttrString(events, "_get_running_loop");
+    PyObject *running = PyObject_GetAttrString(events, "_get_running_loop");
     Py_DECREF(events);
-    if (get_running_loop == NULL) {
+    if (running == NULL) {
         return -1;
     }
+    Py_XSETREF(get_running_loop, running);
 #ifdef READ_LOOP_HOLDER
+    Py_CLEAR(str_loop_holder_key); /* the fast path is off until all below succeeds */
     /* Only _asyncio's function reads the holder; the pure-Python one a thread local. */
     PyObject *c_asyncio = PyImport_ImportModule("_asyncio");
     if (c_asyncio == NULL) {
@@ -149,33 +149,17 @@ init_running_loop(PyObject *module)
         PyErr_Clear();
         return 0;
     }
-    Py_DECREF(c_running);
+    Py_DECREF(c_running); /* compared by identity only: get_running_loop holds one */
     if (c_running != get_running_loop) {
         return 0;
     }
-    PyObject *os = PyImport_ImportModule("os");
-    if (os == NULL) {
-        return -1;
+    static int registered;
+    if (!registered) {
+        if (pthread_atfork(NULL, NULL, note_the_child_pid) != 0) {
+            return 0; /* without it a child could see its parent's loop: no fast path */
+        }
+        registered = 1;
     }
-    PyObject *hook = PyCFunction_New(&after_fork_in_child_def, module);
-    PyObject *register_at_fork = PyObject_GetAttrString(os, "register_at_fork");
-    Py_DECREF(os);
-    if (hook == NULL || register_at_fork == NULL) {
-        Py_XDECREF(hook);
-        Py_XDECREF(register_at_fork);
-        return -1;
-    }
-    PyObject *no_args = PyTuple_New(0);
-    PyObject *kwargs = no_args == NULL ? NULL : Py_BuildValue("{sO}", "after_in_child", hook);
-    PyObject *r = kwargs == NULL ? NULL : PyObject_Call(register_at_fork, no_args, kwargs);
-    Py_XDECREF(no_args);
-    Py_XDECREF(kwargs);
-    Py_DECREF(hook);
-    Py_DECREF(register_at_fork);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
     this_pid = getpid();
     str_loop_holder_key = PyUnicode_InternFromString("__asyncio_running_event_loop__");
     if (str_loop_holder_key == NULL) {
@@ -1498,7 +1482,7 @@ PyInit__speedups(void)
         Py_DECREF(module);
         return NULL;
     }
-    if (init_running_loop(module) < 0) {
+    if (init_running_loop() < 0) {
         Py_DECREF(module);
         return NULL;
     }
