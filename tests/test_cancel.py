@@ -40,6 +40,23 @@ async def test_cancelling_a_pending_task_cancels_it() -> None:
     assert not finished
 
 
+@pytest.mark.anyio
+async def test_cancelling_a_task_before_its_first_step_means_it_never_starts() -> None:
+    started = False
+
+    async def body() -> None:
+        nonlocal started
+        started = True
+
+    fut = fork(body)
+    assert fut.cancel() is True
+    with anyio.fail_after(10), pytest.raises(forkwait.CancelledError):
+        await fut
+    await anyio.lowlevel.checkpoint()  # its task (a trio system task) has had its step
+    assert fut.cancelled()
+    assert not started
+
+
 def test_cancelling_a_task_from_another_thread() -> None:
     """A task on the default runtime is cancelled from the sync caller's thread."""
     started = threading.Event()

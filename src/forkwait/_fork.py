@@ -11,6 +11,7 @@ import types
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
+from . import _hosts
 from ._callables import is_async_callable
 from ._compiled import running_loop, speedups
 from ._config import settings
@@ -29,7 +30,6 @@ from ._hosts import (
     settle_closed,
     settle_failed,
     spawn,
-    start_in_trio,
     take,
     thread_host,
     thread_state,
@@ -101,10 +101,11 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
             body.send(None)
             fut._handle = loop.create_task(body)
             return fut
-        if "trio" in _modules:
-            token = trio_token()
+        trio_host = _hosts._trio_host  # trio_token(), inlined once it is loaded
+        if trio_host is not None or "trio" in _modules:
+            token = trio_token() if trio_host is None else trio_host.current_token()
             if token is not None:  # the trio run of this thread: a system task of it
-                start_in_trio(token, fut, coro, _copy_context())
+                _hosts._trio_host.start(token, fut, coro, _copy_context(), False)
                 return fut
         fut._state = QUEUED
         fut._handle = Slot(coro)  # see take; cancel() before the task starts closes it
@@ -135,6 +136,9 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     return fut
 
 
+_unobserved_fork = fork  # the Python one: the compiled fork would only hand over to it
+
+
 def _observed_fork(
     observer: Observer, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Future[Any]:
@@ -150,7 +154,7 @@ def _observed_fork(
         else:
             thread_state.observing = True  # the fork below is this one, not one to observe
             try:
-                fut = fork(wrapped, *args, **kwargs)
+                fut = _unobserved_fork(wrapped, *args, **kwargs)
             finally:
                 thread_state.observing = False
     except BaseException as exc:  # a call that cannot be pickled for its target, say

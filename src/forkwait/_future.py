@@ -322,10 +322,11 @@ class Future(_FutureCore, Generic[T]):
         if state < DONE:
             loop = running_loop()
             if loop is None:
-                token = trio_token()
+                trio_host = _hosts._trio_host  # trio_token(), inlined once it is loaded
+                token = trio_token() if trio_host is None else trio_host.current_token()
                 if token is not None:  # and so forkwait._trio is loaded
-                    waiting: Awaitable[T] = _hosts._trio_host.wait_in_trio(self, token)
-                    return (yield from waiting.__await__())
+                    waiting: Generator[Any, None, T] = _hosts._trio_host.wait_in_trio(self, token)
+                    return (yield from waiting)
                 raise RuntimeError(
                     "await on a forkwait.Future needs a running event loop (asyncio or "
                     "trio) in this thread; from sync code use forkwait.wait(fut)"
@@ -515,7 +516,7 @@ class Future(_FutureCore, Generic[T]):
         waiters.append(waiter)
         if self._state >= DONE:  # finished meanwhile: its completer may have missed us
             self._drain()
-        elif _should_prune(len(waiters)):
+        elif len(waiters) >= _PRUNE_FROM and _should_prune(len(waiters)):
             self._prune(waiters)
         return True
 
@@ -630,6 +631,11 @@ class Future(_FutureCore, Generic[T]):
             except RuntimeError:  # that loop is closed: nobody is left to wake
                 if failed:
                     handing_over(self, -1)
+        elif type(waiter) is _hosts.trio_waiter:  # a trio task: rescheduled, never blocks
+            try:
+                waiter(self)
+            except BaseException:  # as _run_callback: the other waiters still get woken
+                logger.exception("Exception in done callback %r of %r", waiter, self)
         elif thread_state.serves_others and not _takes_failure(waiter):
             # Done callbacks may block; what wakes a waiter (a trio task, a thread
             # waiting in a scope) does not, and takes a failure before they run.
@@ -698,10 +704,13 @@ def _takes_failure(waiter: object) -> bool:
     )
 
 
+_PRUNE_FROM = 32
+
+
 def _should_prune(count: int) -> bool:
     # At 32, 64, 128...: pruning costs O(n^2) (pop(0) n times), so doing it only when
     # the list doubles keeps registration amortised O(n).
-    return count >= 32 and count & (count - 1) == 0
+    return count >= _PRUNE_FROM and count & (count - 1) == 0
 
 
 def _is_finished_waiter(waiter: object) -> bool:

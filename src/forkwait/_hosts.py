@@ -79,12 +79,14 @@ def trio_token() -> TrioToken | None:
 
 
 _trio_host: Any = None  # forkwait._trio, once trio is in use
+trio_waiter: Any = None  # its TrioWaiter: a waiter that Future._wake_one wakes in place
 
 
 def _load_trio_host() -> Any:
-    global _trio_host
+    global _trio_host, trio_waiter
     from . import _trio
 
+    trio_waiter = _trio.TrioWaiter
     _trio_host = _trio
     return _trio
 
@@ -357,13 +359,6 @@ def _abandon_if_never_started(fut: Future[Any], handle: Slot | OnItsWay) -> None
     with _settling_orphans:  # nobody else settles a call's awaitable on its way
         if fut._state < DONE and fut._handle is handle:
             fail_to_start(fut, handle.awaitable, False, why)
-
-
-def start_in_trio(
-    token: TrioToken, fut: Future[Any], awaitable: Awaitable[Any], context: contextvars.Context
-) -> None:
-    """Start ``fut``'s task in the trio run of this thread, whose ``token`` was just read."""
-    _trio_host.start(token, fut, awaitable, context, False)
 
 
 def spawn(

@@ -15,7 +15,8 @@ import contextvars
 import logging
 import os
 import threading
-from collections.abc import Awaitable
+import types
+from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 import sniffio
@@ -45,9 +46,15 @@ logger = logging.getLogger("forkwait")
 _sniffio_thread = sniffio.thread_local
 _current_token = trio.lowlevel.current_trio_token
 _current_task = trio.lowlevel.current_task
+_reschedule = trio.lowlevel.reschedule
 _get_ident = threading.get_ident
 _RunFinishedError = trio.RunFinishedError
 _Cancelled = trio.Cancelled
+_checkpoint = trio.lowlevel.checkpoint
+_CancelScope = trio.CancelScope
+_spawn_system_task = trio.lowlevel.spawn_system_task
+_FunctionType = types.FunctionType
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 
 
 def current_token() -> trio.lowlevel.TrioToken | None:
@@ -65,19 +72,23 @@ def current_token() -> trio.lowlevel.TrioToken | None:
 class TrioTask(HostedTask):
     """A forked coroutine's system task, as ``Future.cancel()`` sees it."""
 
-    __slots__ = ("scope", "token")
+    __slots__ = ("cancelled", "scope", "token")
 
     def __init__(self, scope: trio.CancelScope, token: trio.lowlevel.TrioToken) -> None:
         self.scope = scope
         self.token = token
+        #: Whether cancel() reached it: read before the first step, where the scope's
+        #: own cancel_called would look at the clock.
+        self.cancelled = False
 
     def cancel_soon(self) -> bool:
         if current_token() is self.token:
-            self.scope.cancel()
+            self.cancel_here()
             return True
-        return call_soon(self.token, self.scope.cancel)
+        return call_soon(self.token, self.cancel_here)
 
     def cancel_here(self) -> None:
+        self.cancelled = True
         self.scope.cancel()
 
 
@@ -122,27 +133,28 @@ def start(
         if take(fut) is None:
             return  # cancel() won, and closed the coroutine
         fut._state = RUNNING
-    scope = trio.CancelScope()
-    fut._handle = TrioTask(scope, token)
+    scope = _CancelScope()
+    fut._handle = task = TrioTask(scope, token)
+    func = fut._func
+    name = func.__qualname__ if type(func) is _FunctionType else describe(func)
     try:
-        trio.lowlevel.spawn_system_task(
-            _drive, fut, awaitable, scope, name=describe(fut._func), context=context
-        )
+        _spawn_system_task(_drive, fut, awaitable, task, name=name, context=context)
     except RuntimeError as exc:  # the run is ending: its system nursery takes no more
         close_awaitable(awaitable)
         fut._handle = None
         fut._set_exception(exc)
 
 
-async def _drive(fut: Future[Any], awaitable: Awaitable[Any], scope: trio.CancelScope) -> None:
+async def _drive(fut: Future[Any], awaitable: Awaitable[Any], task: TrioTask) -> None:
     """The body of a fork's system task: await ``awaitable``, settle ``fut``, never raise
     (a system task that raises ends the whole run), except to pass on the run's own
     cancellation."""
-    if scope.cancel_called:  # fut.cancel() before the task's first step: never start
+    if task.cancelled:  # fut.cancel() before the task's first step: never start
         close_awaitable(awaitable)
         fut._handle = None
         fut._set_cancelled()
         return
+    scope = task.scope
     value: Any = None
     try:
         with scope:
@@ -197,7 +209,15 @@ class TrioWaiter:
 
     def __call__(self, fut: Future[Any]) -> None:
         if _get_ident() == self.thread:
-            self._wake()
+            # _wake(), inlined: the call finished in this run's thread, as most do.
+            if self.aborted or self.woken:
+                return
+            self.woken = True
+            if fut._state == FAILED:
+                fut._mark_retrieved()
+                self.marked = True
+            if self.waiting:
+                _reschedule(self.task)
             return
         # A failure is this task's now, not once its run gets to _wake: a scope that
         # judges it meanwhile must not also raise it (see owes_failure).
@@ -236,17 +256,25 @@ class TrioWaiter:
             self.fut._restore_unretrieved()  # taken, but never raised: report it again
 
 
-async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
-    """``await fut`` in a trio task of the run of ``token``: the value, or the call's exception."""
+def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Generator[Any, None, Any]:
+    """``await fut`` in a trio task of the run of ``token``: the value, or the call's exception.
+
+    A generator for ``Future.__await__`` to ``yield from``: no coroutine of its own.
+    """
     observer = get_observer()
     stopped = observer.waiting(fut) if observer is not None else None
+    handle = fut._handle
+    # A task of this very run: no os.fork() stranded it, and no app's loop may close
+    # under it; it is on the run's queue (or running), so let it run first, below.
+    here = type(handle) is TrioTask and handle.token is token
     watched = False
     try:
-        abandon_if_it_cannot_finish(fut)  # a task of a loop closed already, say
+        if not here:
+            abandon_if_it_cannot_finish(fut)  # a task of a loop closed already, say
         if fut._state >= DONE:
-            await trio.lowlevel.checkpoint()
+            yield from _checkpoint().__await__()
             return fut._outcome()
-        if loop_that_may_close(fut) is not None:
+        if not here and loop_that_may_close(fut) is not None:
             _look_again_later(fut)  # that loop may close while this task waits
             watched = True
         # Registered before the fork's task runs: trio may run this task after whoever
@@ -254,16 +282,16 @@ async def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Any:
         # failure retrieved the moment the call ends.
         waiter = TrioWaiter(fut, token)
         if not fut._add_waiter(waiter):  # finished meanwhile
-            await trio.lowlevel.checkpoint()
+            yield from _checkpoint().__await__()
             return fut._outcome()
         try:
-            if type(fut._handle) is TrioTask:
-                # Its task is on the run's queue: let it run first, as it often finishes
-                # in that one step, and then the value is there after one batch, not two.
-                await trio.lowlevel.checkpoint()
+            if here:
+                # It often finishes in that one step, and then the value is there
+                # after one batch, not two.
+                yield from _checkpoint().__await__()
             if not waiter.woken:
                 waiter.waiting = True
-                await trio.lowlevel.wait_task_rescheduled(waiter.abort)
+                yield from _wait_task_rescheduled(waiter.abort).__await__()
         except BaseException:
             if not waiter.aborted:
                 waiter.abandon()  # cancelled at the checkpoint
