@@ -160,6 +160,39 @@ def test_cancel_from_another_thread_and_awaiting_code_cancelled() -> None:
     trio.run(main)
 
 
+def test_a_cancel_from_another_thread_is_marked_on_the_task_as_its_scope_is() -> None:
+    # The task's first step reads the mark, not the scope (whose cancel_called reads
+    # the clock): a cancel that reached the scope alone would let the call start.
+    import trio.testing
+
+    async def main() -> None:
+        fut = fork(trio.sleep_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        task = fut._handle
+        assert await trio.to_thread.run_sync(fut.cancel)
+        with pytest.raises(forkwait.CancelledError):
+            await fut
+        assert task.scope.cancel_called
+        assert task.cancelled
+
+    trio.run(main)
+
+
+def test_a_fork_that_awaits_its_own_future_is_told_so() -> None:
+    async def main() -> None:
+        box: list[Future[Any]] = []
+
+        async def awaits_itself() -> Any:
+            await trio.lowlevel.checkpoint()
+            return await box[0]
+
+        box.append(fork(awaits_itself))
+        with trio.fail_after(10), pytest.raises(RuntimeError, match="awaits its own future"):
+            await box[0]
+
+    trio.run(main)
+
+
 def test_a_call_outliving_its_trio_run_cannot_fork_back_into_it() -> None:
     """A sync call forked from a run that has since ended gets a clear error when it
     forks a coroutine function for that run, instead of a hang."""

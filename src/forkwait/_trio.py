@@ -72,11 +72,14 @@ def current_token() -> trio.lowlevel.TrioToken | None:
 class TrioTask(HostedTask):
     """A forked coroutine's system task, as ``Future.cancel()`` sees it."""
 
-    __slots__ = ("cancelled", "scope", "token")
+    __slots__ = ("cancelled", "scope", "token", "trio_task")
 
     def __init__(self, scope: trio.CancelScope, token: trio.lowlevel.TrioToken) -> None:
         self.scope = scope
         self.token = token
+        #: The system task, once it has started (a call that awaits its own future
+        #: would wait forever: it is refused).
+        self.trio_task: trio.lowlevel.Task | None = None
         #: Whether cancel() reached it: read before the first step, where the scope's
         #: own cancel_called would look at the clock.
         self.cancelled = False
@@ -154,6 +157,7 @@ async def _drive(fut: Future[Any], awaitable: Awaitable[Any], task: TrioTask) ->
         fut._handle = None
         fut._set_cancelled()
         return
+    task.trio_task = _current_task()
     scope = task.scope
     value: Any = None
     try:
@@ -209,17 +213,18 @@ class TrioWaiter:
 
     def __call__(self, fut: Future[Any]) -> None:
         if _get_ident() == self.thread:
-            # _wake(), inlined: the call finished in this run's thread, as most do.
+            # In the run's thread, as are abort() and abandon(): the flags need no lock.
             if self.aborted or self.woken:
                 return
             self.woken = True
             if fut._state == FAILED:
-                fut._mark_retrieved()
+                fut._mark_retrieved()  # now, as asyncio's waiters do: this task raises it
                 self.marked = True
             if self.waiting:
                 _reschedule(self.task)
+            # Else the task has not suspended yet: it sees `woken` and does not.
             return
-        # A failure is this task's now, not once its run gets to _wake: a scope that
+        # A failure is this task's now, not once its run wakes it: a scope that
         # judges it meanwhile must not also raise it (see owes_failure).
         failed = fut._state == FAILED
         if failed:
@@ -230,19 +235,7 @@ class TrioWaiter:
     def _wake_across(self, failed: bool) -> None:
         if failed:
             handing_over(self.fut, -1)
-        self._wake()
-
-    def _wake(self) -> None:
-        # In the run's thread, as are abort() and abandon(): the flags need no lock.
-        if self.aborted or self.woken:
-            return
-        self.woken = True
-        if self.fut._state == FAILED:
-            self.fut._mark_retrieved()  # now, as asyncio's waiters do: this task raises it
-            self.marked = True
-        if self.waiting:
-            trio.lowlevel.reschedule(self.task)
-        # Else the task has not suspended yet: it sees `woken` and does not.
+        self(self.fut)  # now in the run's thread
 
     def abort(self, _: Any) -> trio.lowlevel.Abort:
         # The awaiting task is cancelled: it stops waiting, the call goes on.
@@ -281,10 +274,15 @@ def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Generator[
         # judges failures next (a scope, a task group's keeper), and the waiter marks a
         # failure retrieved the moment the call ends.
         waiter = TrioWaiter(fut, token)
-        if not fut._add_waiter(waiter):  # finished meanwhile
-            yield from _checkpoint().__await__()
-            return fut._outcome()
+        if here and handle.trio_task is waiter.task:
+            raise RuntimeError(
+                f"fork({describe(fut._func)}) awaits its own future from inside the call: "
+                f"it would wait forever; return the value instead of awaiting it"
+            )
         try:
+            if not fut._add_waiter(waiter):  # finished meanwhile
+                yield from _checkpoint().__await__()
+                return fut._outcome()
             if here:
                 # It often finishes in that one step, and then the value is there
                 # after one batch, not two.
