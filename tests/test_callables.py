@@ -7,6 +7,7 @@ import functools
 import gc
 import operator
 import threading
+import types
 import warnings
 from typing import Any
 
@@ -140,6 +141,58 @@ async def test_sync_lambda_returning_a_coroutine_is_awaited_on_the_loop() -> Non
 def test_sync_lambda_returning_a_coroutine_from_sync_code() -> None:
     """From sync code, the returned coroutine runs on the default runtime."""
     assert wait(fork(lambda: where_async("z"))) == ("z", "forkwait-runtime")
+
+
+class Box:
+    """A plain object: never awaitable (run_call remembers its type as such)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+@types.coroutine
+def generator_based(tag: str) -> Any:
+    yield from asyncio.sleep(0).__await__()
+    return tag
+
+
+def plain_generator() -> Any:
+    yield 1
+
+
+@pytest.mark.timeout(10)
+def test_types_found_not_awaitable_are_remembered_but_generators_are_asked_each_time() -> None:
+    assert wait(fork(Box, 1)).value == 1
+    assert wait(fork(Box, 2)).value == 2  # now from the remembered types
+    # A generator is awaitable by a flag of its own: a plain one is the value, and a
+    # generator-based coroutine after it is still awaited.
+    assert list(wait(fork(plain_generator))) == [1]
+    assert wait(fork(lambda: generator_based("g"))) == "g"
+    assert list(wait(fork(plain_generator))) == [1]
+
+
+class MarkedCoroutineFunction:
+    """A callable marked as a coroutine function by an instance attribute (as
+    ``unittest.mock.AsyncMock`` is), whose ``__getattr__`` answers every other name."""
+
+    def __init__(self) -> None:
+        self._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return "anything"
+
+    def __call__(self, tag: str) -> Any:
+        self.called_in = threading.current_thread().name
+        return where_async(tag)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.anyio
+async def test_a_callable_marked_as_a_coroutine_function_runs_as_a_task() -> None:
+    marked = MarkedCoroutineFunction()
+    here = threading.current_thread().name
+    assert await fork(marked, "m") == ("m", here)
+    assert marked.called_in == here  # called by fork itself, not in a worker thread
 
 
 @pytest.mark.timeout(10)

@@ -32,6 +32,7 @@ import weakref
 from _thread import TIMEOUT_MAX, allocate_lock
 from collections import deque
 from collections.abc import Callable
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any, cast
 
 from ._callables import describe
@@ -88,8 +89,22 @@ STARVED_SECONDS = 0.25
 PATIENCE_SECONDS = 4 * STARVED_SECONDS
 # How long interpreter exit gives the worker threads, all together, to end.
 _EXIT_GRACE_SECONDS = 0.2
-# Results of these types are never awaitable: skip inspect.isawaitable for them.
-_PLAIN_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, list, tuple, dict})
+# Results of these types are never awaitable: skip inspect.isawaitable for them. Types
+# it found not awaitable join (a tensor's check costs 1 us), up to a bound, as each stays
+# alive while listed here.
+_plain_types: set[type[object]] = {
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    list,
+    tuple,
+    dict,
+}
+_MAX_PLAIN_TYPES = 64
 
 
 def _enter(
@@ -107,7 +122,7 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     """Run a taken sync call in this thread, ``depth`` calls deep inline, and settle ``fut``."""
     func, args, kwargs, context, host = call
     try:
-        value = context.run(_enter, (host, depth, fut, get_ident()), func, args, kwargs)
+        value: object = context.run(_enter, (host, depth, fut, get_ident()), func, args, kwargs)
     except BaseException as exc:
         if "torch" in _modules:
             clean_torch_state(func)
@@ -120,14 +135,24 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
         return
     if "torch" in _modules:  # a call that left grad mode off must not leave it to the next
         clean_torch_state(func)
-    if type(value) not in _PLAIN_TYPES and inspect.isawaitable(value):
-        # A sync callable that returned an awaitable (a lambda returning a
-        # coroutine): await it on the loop, so a result is never a coroutine.
-        try:
-            spawn(host, fut, value, context, queued=False)
-        except BaseException as exc:  # no loop to run it (say, at interpreter exit)
-            fut._set_exception(exc)
-        return
+    kind = type(value)
+    if kind not in _plain_types:
+        if inspect.isawaitable(value):
+            # A sync callable that returned an awaitable (a lambda returning a
+            # coroutine): await it on the loop, so a result is never a coroutine.
+            try:
+                spawn(host, fut, value, context, queued=False)
+            except BaseException as exc:  # no loop to run it (say, at interpreter exit)
+                fut._set_exception(exc)
+            return
+        # Not a generator (a generator-based coroutine is one by a flag of its own) nor
+        # a proxy (whose __class__ tells what it wraps): the answer holds for the type.
+        if (
+            kind is not GeneratorType
+            and value.__class__ is kind
+            and len(_plain_types) < _MAX_PLAIN_TYPES
+        ):
+            _plain_types.add(kind)
     # fut._set_result(value), inlined: this is every sync call's way out.
     fut._value = value
     fut._state = DONE
