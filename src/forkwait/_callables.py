@@ -7,7 +7,7 @@ import inspect
 import types
 from asyncio import coroutines as _asyncio_coroutines
 from collections.abc import Awaitable
-from typing import Any, cast
+from typing import Any
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 _FunctionType = types.FunctionType
@@ -33,7 +33,7 @@ def is_async_callable(func: Any, api: str = "fork") -> bool:
         if isinstance(func, _partial):
             func = func.func
             continue
-        if _marker_of(func) is _IS_COROUTINE_MARKER:
+        if getattr(func, "_is_coroutine", None) is _IS_COROUTINE_MARKER:
             return True
         if not callable(func):
             raise not_callable_error(func, api)
@@ -68,17 +68,6 @@ def not_callable_error(obj: object, api: str) -> TypeError:
         f"{api}() expects a callable, got {kind} object {shown}. "
         f"Pass the function and its arguments separately: {api}(func, *args, **kwargs)"
     )
-
-
-def _marker_of(func: object) -> object:
-    """``func._is_coroutine``, read without a ``__getattr__`` fallback where the instance
-    has a ``__dict__``: ``torch.nn.Module``'s raises (and catches) an AttributeError for
-    a missing name, which cost a module's fork 2 us."""
-    attributes: object = getattr(func, "__dict__", None)
-    if type(attributes) is not dict:
-        return getattr(func, "_is_coroutine", None)
-    marker: object = cast("dict[str, object]", attributes).get("_is_coroutine")
-    return marker if marker is not None else getattr(type(func), "_is_coroutine", None)
 
 
 def describe(func: Any) -> str:

@@ -32,7 +32,6 @@ import weakref
 from _thread import TIMEOUT_MAX, allocate_lock
 from collections import deque
 from collections.abc import Callable
-from types import GeneratorType
 from typing import TYPE_CHECKING, Any, cast
 
 from ._callables import describe
@@ -57,7 +56,7 @@ from ._hosts import (
 from ._state import DONE, FAILED, QUEUED, RUNNING
 from ._torch import bind_inline as bind_torch_inline
 from ._torch import clean_up as clean_torch_state
-from ._torch import interop_threads, is_module_call
+from ._torch import interop_threads, is_module_call, never_awaitable
 
 logger = logging.getLogger("forkwait")
 
@@ -89,22 +88,6 @@ STARVED_SECONDS = 0.25
 PATIENCE_SECONDS = 4 * STARVED_SECONDS
 # How long interpreter exit gives the worker threads, all together, to end.
 _EXIT_GRACE_SECONDS = 0.2
-# Results of these types are never awaitable: skip inspect.isawaitable for them. Types
-# it found not awaitable join (a tensor's check costs 1 us), up to a bound, as each stays
-# alive while listed here.
-_plain_types: set[type[object]] = {
-    type(None),
-    bool,
-    int,
-    float,
-    complex,
-    str,
-    bytes,
-    list,
-    tuple,
-    dict,
-}
-_MAX_PLAIN_TYPES = 64
 
 
 def _enter(
@@ -122,7 +105,7 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
     """Run a taken sync call in this thread, ``depth`` calls deep inline, and settle ``fut``."""
     func, args, kwargs, context, host = call
     try:
-        value: object = context.run(_enter, (host, depth, fut, get_ident()), func, args, kwargs)
+        value = context.run(_enter, (host, depth, fut, get_ident()), func, args, kwargs)
     except BaseException as exc:
         if "torch" in _modules:
             clean_torch_state(func)
@@ -135,24 +118,14 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
         return
     if "torch" in _modules:  # a call that left grad mode off must not leave it to the next
         clean_torch_state(func)
-    kind = type(value)
-    if kind not in _plain_types:
-        if inspect.isawaitable(value):
-            # A sync callable that returned an awaitable (a lambda returning a
-            # coroutine): await it on the loop, so a result is never a coroutine.
-            try:
-                spawn(host, fut, value, context, queued=False)
-            except BaseException as exc:  # no loop to run it (say, at interpreter exit)
-                fut._set_exception(exc)
-            return
-        # Not a generator (a generator-based coroutine is one by a flag of its own) nor
-        # a proxy (whose __class__ tells what it wraps): the answer holds for the type.
-        if (
-            kind is not GeneratorType
-            and value.__class__ is kind
-            and len(_plain_types) < _MAX_PLAIN_TYPES
-        ):
-            _plain_types.add(kind)
+    if type(value) not in never_awaitable and inspect.isawaitable(value):
+        # A sync callable that returned an awaitable (a lambda returning a
+        # coroutine): await it on the loop, so a result is never a coroutine.
+        try:
+            spawn(host, fut, value, context, queued=False)
+        except BaseException as exc:  # no loop to run it (say, at interpreter exit)
+            fut._set_exception(exc)
+        return
     # fut._set_result(value), inlined: this is every sync call's way out.
     fut._value = value
     fut._state = DONE

@@ -66,11 +66,28 @@ def _load_probes() -> bool:
         return True
     _inference, _any_autocast, _cuda_initialized = probes[1:]
     _grad_enabled = probes[0]
+    never_awaitable.add(torch.Tensor)
     return _grad_enabled()
 
 
 def _off() -> bool:
     return False
+
+
+#: Result types that are never awaitable, so that a worker skips inspect.isawaitable
+#: for them (1 us for a tensor): plain data, and ``torch.Tensor`` once torch is usable.
+never_awaitable: set[type[object]] = {
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    list,
+    tuple,
+    dict,
+}
 
 
 # torch's checks of the four parts of the state; until torch is usable, a fresh state.
