@@ -757,10 +757,15 @@ def _run_callback(fn: Callable[[Any], object], fut: Future[Any]) -> None:
 def _refuse_awaiting_itself(fut: Future[Any], loop: asyncio.AbstractEventLoop) -> None:
     handle = fut._handle
     if isinstance(handle, asyncio.Task) and asyncio.current_task(loop) is handle:
-        raise RuntimeError(
-            f"fork({describe(fut._func)}) awaits its own future from inside the call: "
-            f"it would wait forever; return the value instead of awaiting it"
-        )
+        raise awaiting_itself_error(fut)
+
+
+def awaiting_itself_error(fut: Future[Any]) -> RuntimeError:
+    """What a call that awaits its own future gets (on asyncio and in trio)."""
+    return RuntimeError(
+        f"fork({describe(fut._func)}) awaits its own future from inside the call: "
+        f"it would wait forever; return the value instead of awaiting it"
+    )
 
 
 def _look_again_later(fut: Future[Any], waiter: asyncio.Future[Any], loop: Any) -> None:

@@ -23,7 +23,7 @@ import sniffio
 import trio
 
 from ._callables import describe
-from ._future import handing_over
+from ._future import awaiting_itself_error, handing_over
 from ._hooks import get_observer
 from ._hosts import (
     LOOK_AGAIN_SECONDS,
@@ -275,10 +275,7 @@ def wait_in_trio(fut: Future[Any], token: trio.lowlevel.TrioToken) -> Generator[
         # failure retrieved the moment the call ends.
         waiter = TrioWaiter(fut, token)
         if here and handle.trio_task is waiter.task:
-            raise RuntimeError(
-                f"fork({describe(fut._func)}) awaits its own future from inside the call: "
-                f"it would wait forever; return the value instead of awaiting it"
-            )
+            raise awaiting_itself_error(fut)
         try:
             if not fut._add_waiter(waiter):  # finished meanwhile
                 yield from _checkpoint().__await__()
