@@ -80,30 +80,6 @@ def kill_myself() -> None:
     os._exit(9)
 
 
-def wait_for_event_then_die(name: str) -> None:
-    wait_for_event(name)
-    os._exit(9)
-
-
-def _count_fetches(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Count the client's requests for results (each still made, by Dask's own code)."""
-    fetches: list[object] = []
-    real = client._gather_remote
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        fetches.append(args)
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(client, "_gather_remote", counted)
-    return fetches
-
-
-def _batch_them(futs: list[forkwait.Future[Any]]) -> None:
-    """A wait_all that gives up at once has them fetched together all the same."""
-    with pytest.raises(TimeoutError):
-        forkwait.wait_all(futs, timeout=0.01)
-
-
 def test_a_sync_call_runs_on_a_worker_and_its_value_comes_back(client: Client) -> None:
     with forkwait.offload(client):
         fut = fork(pid_and_square, 6)
@@ -192,60 +168,6 @@ def test_a_worker_that_dies_gives_the_waiter_an_error(client: Client) -> None:
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it
     with forkwait.offload(client):
         assert wait(fork(pid_and_square, 3), timeout=60)[1] == 9
-
-
-def test_wait_all_fetches_the_outcomes_in_one_request(
-    client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """As Dask's gather: fetched one by one, each would cost its worker a request served
-    while it runs the next task."""
-    client.wait_for_workers(2, timeout=60)
-    started = Queue("together-started", client=client)
-    with forkwait.offload(client):
-        futs = [fork(wait_for_event, "together") for _ in range(4)]
-    assert started.get(timeout=60)  # running: none has finished
-    fetches = _count_fetches(client, monkeypatch)
-    _batch_them(futs)
-    Event("together", client=client).set()  # through the client's loop, after the batch
-    assert forkwait.wait_all(futs, timeout=60) == ["released"] * 4
-    assert len(fetches) == 1, fetches
-
-
-def test_a_batch_with_a_failure_and_a_cancel(client: Client) -> None:
-    """Each call in a wait_all's batch still ends its own way."""
-    client.wait_for_workers(2, timeout=60)
-    started = Queue("mixed-started", client=client)
-    with forkwait.offload(client):
-        waits = [fork(wait_for_event, "mixed") for _ in range(2)]
-    assert len({started.get(timeout=60) for _ in range(2)}) == 2  # both workers busy
-    with forkwait.offload(client):
-        fails = fork(fail, "in a batch")
-        queued = fork(pid_and_square, 2)
-        squares = fork(pid_and_square, 3)
-    futs = [*waits, fails, queued, squares]
-    _batch_them(futs)
-    assert queued.cancel()
-    Event("mixed", client=client).set()
-    with pytest.raises(KeyError, match="in a batch"):
-        forkwait.wait_all(futs, timeout=60)
-    assert forkwait.wait_all(waits, timeout=60) == ["released"] * 2
-    assert wait(squares, timeout=60)[1] == 9
-    assert queued.cancelled()
-
-
-def test_a_worker_that_dies_in_a_batch_fails_its_call_alone(client: Client) -> None:
-    client.wait_for_workers(2, timeout=60)
-    started = Queue("dying-started", client=client)
-    with forkwait.offload(client):
-        dies = fork(wait_for_event_then_die, "dying")
-        waits = fork(wait_for_event, "dying")
-    assert len({started.get(timeout=60) for _ in range(2)}) == 2  # one on each worker
-    _batch_them([dies, waits])
-    Event("dying", client=client).set()
-    with pytest.raises(Exception, match="workers died while running it"):
-        forkwait.wait_all([dies, waits], timeout=60)
-    assert wait(waits, timeout=60) == "released"
-    client.wait_for_workers(2, timeout=60)  # the nanny restarts it
 
 
 def test_a_scheduler_address_works_as_a_target(client: Client) -> None:

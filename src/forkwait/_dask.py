@@ -38,15 +38,12 @@ DaskFuture = Any
 class DaskCall(Remote):
     """A task on the cluster."""
 
-    __slots__ = ("fetch", "fut", "pending", "task", "unsettled")
+    __slots__ = ("fut", "pending", "task", "unsettled")
 
     def __init__(self, fut: Future[Any], task: DaskFuture, pending: set[DaskCall]) -> None:
         super().__init__()
         self.fut = fut
         self.task: DaskFuture | None = task
-        #: How its outcome is fetched once the task has finished: None while undecided
-        #: (changed only on the client's event loop), ALONE, or the _Batch of a wait_all.
-        self.fetch: _Batch | object | None = None
         #: Its cluster's calls not settled yet, which it is one of until it is.
         self.pending = pending
         pending.add(self)
@@ -107,147 +104,39 @@ def run_on_worker(packed: bytes) -> bytes:
     return run_packed(packed, f"dask worker {get_worker().address}")
 
 
-#: A call's outcome is fetched on its own, as soon as its task has finished.
-ALONE = object()
-
-
 async def _settle(client: Client, fut: Future[Any], handle: DaskCall, task: DaskFuture) -> None:
     """Finish ``fut`` as its task finished (a coroutine on the client's event loop)."""
     thread_state.serves_others = True  # callbacks must not block the client: see _future
-    # Until it has finished, failed or been cancelled there, fetching nothing: as Dask's
-    # own done callbacks wait (its public ways to wait fetch the result, or need a thread).
-    try:
-        while task.status == "pending":
-            await task._state.wait()
-    except BaseException as exc:  # the client's loop stopping under it, say
-        _release(handle)
-        _fail(client, fut, handle, task, exc)
-        return
-    batch = handle.fetch
-    if batch is None:
-        handle.fetch = ALONE
-        await _fetch_alone(client, fut, handle, task)
-    elif isinstance(batch, _Batch):
-        finished = task.status == "finished"
-        last = batch.arrived(handle, task, finished)
-        if not finished:  # failed or cancelled there: nothing to fetch, so no need to wait
-            await _fetch_alone(client, fut, handle, task)
-        if last:
-            await batch.fetch(client)
-
-
-async def _fetch_alone(
-    client: Client, fut: Future[Any], handle: DaskCall, task: DaskFuture
-) -> None:
-    """Fetch the outcome of one finished task, or report why it has none."""
     try:
         packed = await client.gather(task, asynchronous=True)
     except BaseException as exc:
-        _fail(client, fut, handle, task, exc)
+        if not handle.claim():
+            return  # cancel() settled it
+        if client.status in ("closing", "closed"):  # the app closed its client meanwhile
+            fut._set_exception(
+                RuntimeError(
+                    f"fork({describe(fut._func)}) cannot finish: its Dask client was "
+                    f"closed while the task was pending"
+                )
+            )
+        elif task.status == "cancelled" or isinstance(exc, asyncio.CancelledError):
+            # Not by cancel(), which settles the future first: the cluster dropped the
+            # task (its scheduler was lost, or the client restarted it). A failure, not
+            # a cancellation: nobody asked for it, and it must not go unseen.
+            error = RuntimeError(
+                f"fork({describe(fut._func)}) cannot finish: the Dask cluster at "
+                f"{client.scheduler.address} dropped its task ({type(exc).__name__}: {exc})"
+            )
+            error.__cause__ = exc
+            fut._set_exception(error)
+        else:  # the task's own failure is inside the outcome: this is the cluster's
+            fut._set_exception(exc)  # KilledWorker, say
         return
     finally:
-        _release(handle)
+        handle.task = None  # the cluster may let the result go once this is done
+        handle.pending.discard(handle)
     if handle.claim():
         settle_with_outcome(fut, handle, packed, "the cluster")
-
-
-def _release(handle: DaskCall) -> None:
-    """Forget the task: the cluster may let its result go."""
-    handle.task = None
-    handle.pending.discard(handle)
-
-
-def _fail(
-    client: Client, fut: Future[Any], handle: DaskCall, task: DaskFuture, exc: BaseException
-) -> None:
-    """Fail ``fut``, whose task ended with no outcome to fetch, saying why."""
-    if not handle.claim():
-        return  # cancel() settled it
-    if client.status in ("closing", "closed"):  # the app closed its client meanwhile
-        fut._set_exception(
-            RuntimeError(
-                f"fork({describe(fut._func)}) cannot finish: its Dask client was "
-                f"closed while the task was pending"
-            )
-        )
-    elif task.status == "cancelled" or isinstance(exc, asyncio.CancelledError):
-        # Not by cancel(), which settles the future first: the cluster dropped the
-        # task (its scheduler was lost, or the client restarted it). A failure, not
-        # a cancellation: nobody asked for it, and it must not go unseen.
-        error = RuntimeError(
-            f"fork({describe(fut._func)}) cannot finish: the Dask cluster at "
-            f"{client.scheduler.address} dropped its task ({type(exc).__name__}: {exc})"
-        )
-        error.__cause__ = exc
-        fut._set_exception(error)
-    else:  # the task's own failure is inside the outcome: this is the cluster's
-        fut._set_exception(exc)  # KilledWorker, say
-
-
-class _Batch:
-    """The calls of one ``wait_all`` on one cluster: their outcomes are fetched in one
-    request once all their tasks have finished, as Dask's ``client.gather`` does.
-
-    Fetched one by one, each outcome would cost its worker a request served while it
-    runs its next task, and the client and scheduler one request each: on a busy
-    machine, about a tenth of a 30 ms task (row 15 of ``make bench``).
-    """
-
-    __slots__ = ("finished", "running")
-
-    def __init__(self, members: list[DaskCall]) -> None:
-        #: How many members' tasks have not finished, failed or been cancelled yet.
-        self.running = len(members)
-        #: (handle, task) of each member whose task has finished: its outcome to fetch.
-        self.finished: list[tuple[DaskCall, DaskFuture]] = []
-
-    def arrived(self, handle: DaskCall, task: DaskFuture, finished: bool) -> bool:
-        """Note that ``handle``'s task is over: ``True`` for the last of the batch."""
-        if finished:
-            self.finished.append((handle, task))
-        self.running -= 1
-        return self.running == 0
-
-    async def fetch(self, client: Client) -> None:
-        """Fetch the finished tasks' outcomes in one request (or, if that fails, one by
-        one, each reporting its own failure)."""
-        finished = self.finished
-        if len(finished) > 1:
-            try:
-                outcomes = await client.gather([t for _, t in finished], asynchronous=True)
-            except BaseException:  # a worker lost since, say: each finds out on its own
-                pass
-            else:
-                for (handle, _), packed in zip(finished, outcomes, strict=True):
-                    _release(handle)
-                    if handle.claim():
-                        settle_with_outcome(handle.fut, handle, packed, "the cluster")
-                return
-        for handle, task in finished:
-            await _fetch_alone(client, handle.fut, handle, task)
-
-
-def fetch_together(futs: list[Future[Any]]) -> None:
-    """Have the outcomes of ``futs`` that run on one cluster fetched together (wait_all)."""
-    by_cluster: dict[int, list[DaskCall]] = {}  # by id of the cluster's pending set
-    for fut in futs:
-        handle = fut._handle
-        if type(handle) is DaskCall and handle.fetch is None and handle.task is not None:
-            by_cluster.setdefault(id(handle.pending), []).append(handle)
-    for handles in by_cluster.values():
-        task = handles[0].task
-        if len(handles) > 1 and task is not None:
-            task.client.loop.add_callback(_form_batch, handles)
-
-
-def _form_batch(handles: list[DaskCall]) -> None:
-    """On the client's event loop, where each call's fetch is decided: batch the calls
-    still undecided (their tasks not over yet, nor in another batch)."""
-    undecided = list({id(h): h for h in handles if h.fetch is None}.values())
-    if len(undecided) > 1:
-        batch = _Batch(undecided)
-        for handle in undecided:
-            handle.fetch = batch
 
 
 _lock = threading.Lock()

@@ -170,8 +170,6 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
     futs = _futures_of(futures)
     if timeout is not None:
         timeout = seconds(timeout, "wait_all")
-    if "forkwait._dask" in _modules and len(futs) > 1:
-        _modules["forkwait._dask"].fetch_together(futs)  # in one request, as Dask's gather
     if running_loop() is None and trio_token() is None:
         if timeout is None:
             if get_observer() is None:  # a scope's or trace's waits go through result()
