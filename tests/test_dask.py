@@ -126,6 +126,11 @@ def test_cancel_releases_a_queued_task_on_the_cluster(client: Client, tmp_path: 
         queued = fork(touch, str(marker))
     try:
         key = queued._handle.task.key
+        # On the cluster first: the checks below would pass at once if they overtook the
+        # submission, and the task could then reach a worker as the gate opens.
+        holder = client.run_on_scheduler(_queued_at, key=key)
+        if holder is not None:  # sent to a worker, behind its blocker
+            assert client.run(_worker_holds, key=key, workers=[holder])[holder]
         assert queued.cancel()
         assert queued.cancelled(), "expected it cancelled at once, as the docs say"
         with pytest.raises(forkwait.CancelledError):
@@ -138,6 +143,24 @@ def test_cancel_releases_a_queued_task_on_the_cluster(client: Client, tmp_path: 
         gate.set()  # whatever happened, free the workers for the other tests
     assert forkwait.wait_all(blockers, timeout=60) == ["released", "released"]
     assert not marker.exists()
+
+
+async def _queued_at(dask_scheduler: Any, key: str) -> str | None:
+    """On the scheduler, once it has ``key`` waiting for a thread: the worker it sent it
+    to, or ``None`` if it keeps it queued itself."""
+    import asyncio
+
+    for _ in range(3000):
+        task = dask_scheduler.tasks.get(key)
+        if task is not None and task.state in ("queued", "processing"):
+            return None if task.processing_on is None else str(task.processing_on.address)
+        await asyncio.sleep(0.01)  # the cluster's own state: nothing to wait on but time
+    raise AssertionError(f"the scheduler never queued {key}")
+
+
+async def _worker_holds(dask_worker: Any, key: str) -> bool:
+    """On a worker: whether ``key`` reaches its tasks within 30 s."""
+    return await _gone(lambda: key not in dask_worker.state.tasks)
 
 
 async def _forgets(dask_scheduler: Any, key: str) -> bool:
