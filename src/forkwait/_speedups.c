@@ -4,7 +4,7 @@
  * running asyncio (or uvloop) loop, with no scope, trace or sequential mode watching,
  * and an await on that future from the same loop. Everything else calls back into the
  * pure-Python code, which stays the reference: forkwait runs the same without this
- * module (FORKWAIT_NO_SPEEDUPS=1 or no C compiler at install).
+ * module (FORKWAIT_PURE_PYTHON=1 or no C compiler at install).
  *
  *   FutureCore  the base of forkwait.Future: its fields and its __await__.
  *   Awaiter     what __await__ returns on the fast paths.
