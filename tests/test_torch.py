@@ -1028,3 +1028,32 @@ def test_torch_imported_after_forkwait_is_picked_up() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def _forked_ops_recorded(every_thread: bool) -> list[Any]:
+    """The addmm of 4 forked Linear modules that torch.profiler records, all run by
+    worker threads (waited for with callbacks: a waiter runs queued calls itself)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    models = [nn.Linear(8, 8) for _ in range(4)]
+    x = torch.randn(2, 8)
+    forkwait.wait_all([fork(model, x) for model in models])  # workers started before
+    options: dict[str, Any] = {}
+    if every_thread:
+        options["experimental_config"] = torch._C._profiler._ExperimentalConfig(
+            profile_all_threads=True
+        )
+    finished = threading.Semaphore(0)
+    with profile(activities=[ProfilerActivity.CPU], **options) as prof:
+        for model in models:
+            fork(model, x).add_done_callback(lambda _: finished.release())
+        for _ in models:
+            assert finished.acquire(timeout=30)
+    return [event for event in prof.events() if event.name == "aten::addmm"]
+
+
+def test_the_profiler_sees_forked_modules_only_when_asked_to_record_every_thread() -> None:
+    """What the migration page says: torch.profiler records the thread that started it,
+    unlike TorchScript's fork, unless profile_all_threads is set."""
+    assert _forked_ops_recorded(every_thread=False) == []
+    assert len(_forked_ops_recorded(every_thread=True)) == 4
