@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -726,6 +727,47 @@ def test_autocast_applies_in_the_worker_with_its_dtype() -> None:
     assert out.dtype == torch.float16
 
 
+def _autocast_works_here(device: str) -> bool:
+    """Whether ``torch.autocast(device)`` turns autocast on in this process, rather than
+    warning that the device is missing (CUDA here) and staying off."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            with torch.autocast(device):
+                return torch.is_autocast_enabled(device)
+        except (AssertionError, RuntimeError, UserWarning):  # as torch reports it
+            return False
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param(
+            device,
+            marks=pytest.mark.skipif(
+                device == "maia" and getattr(torch, "maia", None) is None,
+                reason="no maia backend loaded (torch.maia): its autocast is not looked at",
+            ),
+        )
+        for device in torch._C._autocast_supported_devices()
+        if _autocast_works_here(device)
+    ],
+)
+def test_autocast_of_every_device_type_applies_in_the_worker(device: str) -> None:
+    """Alone, with nothing else about the thread changed: torch's own "any autocast?"
+    check misses some device types (an Apple GPU's, "mps"), which were left behind."""
+    dtype = torch.get_autocast_dtype(device)
+    torch.set_autocast_enabled(device, True)
+    try:
+        seen = in_worker(
+            lambda: (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        )
+    finally:
+        torch.set_autocast_enabled(device, False)
+    assert seen == (True, dtype)
+    assert in_worker(lambda: torch.is_autocast_enabled(device)) is False  # and not after
+
+
 def test_autocast_cache_flag_applies_in_the_worker() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
         assert in_worker(torch.is_autocast_cache_enabled) is False
@@ -1057,3 +1099,26 @@ def test_the_profiler_sees_forked_modules_only_when_asked_to_record_every_thread
     unlike TorchScript's fork, unless profile_all_threads is set."""
     assert _forked_ops_recorded(every_thread=False) == []
     assert len(_forked_ops_recorded(every_thread=True)) == 4
+
+
+@pytest.mark.parametrize("maia_loaded", [False, True])
+def test_the_autocast_check_sees_the_device_types_torchs_own_misses(
+    maia_loaded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mps always; maia once a backend for it is loaded (it registers torch.maia)."""
+    from forkwait._torch import _unseen_autocast_probe
+
+    if maia_loaded:
+        monkeypatch.setattr(torch, "maia", object(), raising=False)
+    else:
+        monkeypatch.delattr(torch, "maia", raising=False)
+    unseen_off = _unseen_autocast_probe(torch)
+    assert unseen_off()
+    for device in ("mps", "maia"):
+        torch.set_autocast_enabled(device, True)
+        try:
+            assert not torch._C._is_any_autocast_enabled(), "torch's check sees it now"
+            assert unseen_off() is (device == "maia" and not maia_loaded)
+        finally:
+            torch.set_autocast_enabled(device, False)
+    assert unseen_off()

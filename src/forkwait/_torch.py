@@ -13,6 +13,7 @@ This module never imports torch: ``fork`` calls it only once the app has importe
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable
 from types import FunctionType, MethodType
@@ -53,7 +54,7 @@ FRESH = TorchState(grad=True, inference=False, autocast=(), autocast_cache=True,
 
 def _load_probes() -> bool:
     """Look up torch's checks once torch is usable; then run the grad check."""
-    global _grad_enabled, _inference, _any_autocast, _cuda_initialized
+    global _grad_enabled, _inference, _any_autocast, _unseen_autocast_off, _cuda_initialized
     torch: Any = _modules["torch"]
     try:
         probes = (
@@ -65,6 +66,7 @@ def _load_probes() -> bool:
     except AttributeError:  # torch is still being imported, in another thread
         return True
     _inference, _any_autocast, _cuda_initialized = probes[1:]
+    _unseen_autocast_off = _unseen_autocast_probe(torch)
     _grad_enabled = probes[0]
     never_awaitable.add(torch.Tensor)
     return _grad_enabled()
@@ -72,6 +74,38 @@ def _load_probes() -> bool:
 
 def _off() -> bool:
     return False
+
+
+def _on() -> bool:
+    return True
+
+
+def _unseen_autocast_probe(torch: Any) -> Callable[[], bool]:
+    """Whether autocast is off for the device types that ``_is_any_autocast_enabled()``
+    misses (torch 2.13): an Apple GPU's ("mps"), whose autocast would otherwise stay
+    behind, and "maia" once a backend for it is loaded (``torch.maia``)."""
+    supported = _autocast_device_types(torch)
+    enabled: Callable[[str], bool] = torch.is_autocast_enabled
+    # Asked by name, a device type costs 0.2 us a check: maia only where it can run.
+    unseen = [d for d in ("mps", "maia") if d in supported and (d != "maia" or _has_maia(torch))]
+    # Autocast on a device type is its key missing from the thread's excluded keys:
+    # asked so (a C partial, no Python frame), the check costs a third as much.
+    excluded = getattr(torch._C, "_dispatch_tls_is_dispatch_key_excluded", None)
+    mps_key = getattr(torch._C.DispatchKey, "AutocastMPS", None)
+    if unseen == ["mps"] and excluded is not None and mps_key is not None:
+        return functools.partial(excluded, mps_key)
+    if not unseen:
+        return _on
+    return lambda: not any(enabled(device) for device in unseen)
+
+
+def _has_maia(torch: Any) -> bool:
+    return getattr(torch, "maia", None) is not None
+
+
+def autocast_on() -> bool:
+    """Whether this thread has autocast on for any device type."""
+    return _any_autocast() or not _unseen_autocast_off()
 
 
 #: Result types that are never awaitable, so that a worker skips inspect.isawaitable
@@ -94,6 +128,7 @@ never_awaitable: set[type[object]] = {
 _grad_enabled: Callable[[], bool] = _load_probes
 _inference: Callable[[], bool] = _off
 _any_autocast: Callable[[], bool] = _off
+_unseen_autocast_off: Callable[[], bool] = _on
 _cuda_initialized: Callable[[], bool] = _off
 
 
@@ -131,9 +166,15 @@ def interop_threads() -> int:
 
 
 def is_fresh() -> bool:
-    """Whether this thread's torch state is a fresh thread's (the usual case): four
+    """Whether this thread's torch state is a fresh thread's (the usual case): five
     C-level checks, about 0.3 us, which every sync fork pays once torch is imported."""
-    return _grad_enabled() and not _inference() and not _any_autocast() and not _cuda_initialized()
+    return (
+        _grad_enabled()
+        and not _inference()
+        and not _any_autocast()
+        and _unseen_autocast_off()
+        and not _cuda_initialized()
+    )
 
 
 #: The states without autocast and CUDA, by (grad, inference, autocast cache): one
@@ -144,14 +185,14 @@ _plain_states: dict[tuple[bool, bool, bool], TorchState] = {}
 def capture() -> TorchState:
     """This thread's torch state, in full."""
     torch: Any = _modules["torch"]
-    if not _any_autocast() and not _cuda_initialized():
+    if not autocast_on() and not _cuda_initialized():
         key = (_grad_enabled(), _inference(), torch.is_autocast_cache_enabled())
         state = _plain_states.get(key)
         if state is None:
             state = _plain_states[key] = TorchState(key[0], key[1], (), key[2], None)
         return state
     autocast: tuple[tuple[str, Any], ...] = ()
-    if torch._C._is_any_autocast_enabled():
+    if autocast_on():
         autocast = tuple(
             (device, torch.get_autocast_dtype(device))
             for device in _autocast_device_types(torch)
@@ -198,7 +239,7 @@ def clean_up(func: Callable[..., Any]) -> None:
         return
     torch: Any = _modules["torch"]
     torch.set_grad_enabled(True)
-    if torch._C._is_any_autocast_enabled():
+    if autocast_on():
         _autocast_off(torch)
 
 
@@ -223,7 +264,7 @@ class InState:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         torch: Any = _modules["torch"]
         state = self.state
-        if not torch._C._is_any_autocast_enabled():
+        if not autocast_on():
             # The thread had autocast off: so it has after the call, even if the call
             # turned it on and left it so (the stack below undoes only what it entered).
             try:
@@ -231,7 +272,7 @@ class InState:
                     return self._call_in_modes(torch._C, state, args, kwargs)
                 return self._call_under(torch, state, args, kwargs)
             finally:
-                if torch._C._is_any_autocast_enabled():
+                if autocast_on():
                     _autocast_off(torch)
         return self._call_under(torch, state, args, kwargs)
 
@@ -275,7 +316,7 @@ class InState:
 
 def _enter_autocast(torch: Any, state: TorchState, stack: contextlib.ExitStack) -> None:
     wanted = dict(state.autocast)
-    if torch._C._is_any_autocast_enabled():
+    if autocast_on():
         for device in _autocast_device_types(torch):
             if device not in wanted and torch.is_autocast_enabled(device):
                 stack.enter_context(torch.autocast(device, enabled=False))
