@@ -740,18 +740,7 @@ def _autocast_works_here(device: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    "device",
-    [
-        pytest.param(
-            device,
-            marks=pytest.mark.skipif(
-                device == "maia" and getattr(torch, "maia", None) is None,
-                reason="no maia backend loaded (torch.maia): its autocast is not looked at",
-            ),
-        )
-        for device in torch._C._autocast_supported_devices()
-        if _autocast_works_here(device)
-    ],
+    "device", [d for d in torch._C._autocast_supported_devices() if _autocast_works_here(d)]
 )
 def test_autocast_of_every_device_type_applies_in_the_worker(device: str) -> None:
     """Alone, with nothing else about the thread changed: torch's own "any autocast?"
@@ -837,6 +826,33 @@ def test_a_call_run_inline_under_autocast_runs_without_it(max_threads: Any) -> N
     assert wait(blocker) is True
     assert ident == threading.get_ident(), "expected the waiter to run the call inline"
     assert autocast_on is False
+
+
+def test_a_waiter_under_autocast_keeps_its_own_after_running_a_call_that_changed_it(
+    max_threads: Any,
+) -> None:
+    """A call run inline that turns another device type's autocast on (or the waiter's
+    off) and leaves it so: the waiter gets its own back, as a worker does."""
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)
+
+    def meddles() -> int:
+        torch.set_autocast_enabled("mps", True)
+        torch.set_autocast_enabled("xpu", True)
+        return threading.get_ident()
+
+    fut = fork(meddles)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert wait(fut) == threading.get_ident(), "expected it run inline"
+            after = [torch.is_autocast_enabled(d) for d in ("cpu", "mps", "xpu")]
+    finally:
+        for device in ("mps", "xpu"):
+            torch.set_autocast_enabled(device, False)
+        release.set()
+    assert wait(blocker) is True
+    assert after == [True, False, False]
 
 
 def leaves_grad_off() -> int:
@@ -1101,24 +1117,20 @@ def test_the_profiler_sees_forked_modules_only_when_asked_to_record_every_thread
     assert len(_forked_ops_recorded(every_thread=True)) == 4
 
 
-@pytest.mark.parametrize("maia_loaded", [False, True])
-def test_the_autocast_check_sees_the_device_types_torchs_own_misses(
-    maia_loaded: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """mps always; maia once a backend for it is loaded (it registers torch.maia)."""
-    from forkwait._torch import _unseen_autocast_probe
+@pytest.mark.parametrize("device", ["mps", "maia"])
+def test_the_autocast_check_sees_the_device_types_torchs_own_misses(device: str) -> None:
+    """Asked through the dispatch keys, it answers as torch.is_autocast_enabled does."""
+    from forkwait._torch import _autocast_off_probe
 
-    if maia_loaded:
-        monkeypatch.setattr(torch, "maia", object(), raising=False)
-    else:
-        monkeypatch.delattr(torch, "maia", raising=False)
-    unseen_off = _unseen_autocast_probe(torch)
-    assert unseen_off()
-    for device in ("mps", "maia"):
-        torch.set_autocast_enabled(device, True)
-        try:
-            assert not torch._C._is_any_autocast_enabled(), "torch's check sees it now"
-            assert unseen_off() is (device == "maia" and not maia_loaded)
-        finally:
-            torch.set_autocast_enabled(device, False)
-    assert unseen_off()
+    autocast_off = _autocast_off_probe(torch, device)
+    assert autocast_off()
+    torch.set_autocast_enabled(device, True)
+    try:
+        assert not torch._C._is_any_autocast_enabled(), "torch's own check sees it now"
+        assert not autocast_off()
+        with torch.autocast(device, enabled=False):
+            assert autocast_off()
+        assert not autocast_off()
+    finally:
+        torch.set_autocast_enabled(device, False)
+    assert autocast_off()

@@ -54,19 +54,22 @@ FRESH = TorchState(grad=True, inference=False, autocast=(), autocast_cache=True,
 
 def _load_probes() -> bool:
     """Look up torch's checks once torch is usable; then run the grad check."""
-    global _grad_enabled, _inference, _any_autocast, _unseen_autocast_off, _cuda_initialized
+    global _grad_enabled, _inference, _any_autocast, _mps_autocast_off, _maia_autocast_off
+    global _cuda_initialized
     torch: Any = _modules["torch"]
-    try:
+    try:  # all looked up before any is used: a half-imported torch changes nothing
         probes = (
             torch.is_grad_enabled,
             torch.is_inference_mode_enabled,
             torch._C._is_any_autocast_enabled,
+            _autocast_off_probe(torch, "mps"),
+            _autocast_off_probe(torch, "maia"),
             torch.cuda.is_initialized,
         )
     except AttributeError:  # torch is still being imported, in another thread
         return True
-    _inference, _any_autocast, _cuda_initialized = probes[1:]
-    _unseen_autocast_off = _unseen_autocast_probe(torch)
+    _inference, _any_autocast, _mps_autocast_off, _maia_autocast_off = probes[1:5]
+    _cuda_initialized = probes[5]
     _grad_enabled = probes[0]
     never_awaitable.add(torch.Tensor)
     return _grad_enabled()
@@ -80,32 +83,29 @@ def _on() -> bool:
     return True
 
 
-def _unseen_autocast_probe(torch: Any) -> Callable[[], bool]:
-    """Whether autocast is off for the device types that ``_is_any_autocast_enabled()``
-    misses (torch 2.13): an Apple GPU's ("mps"), whose autocast would otherwise stay
-    behind, and "maia" once a backend for it is loaded (``torch.maia``)."""
-    supported = _autocast_device_types(torch)
-    enabled: Callable[[str], bool] = torch.is_autocast_enabled
-    # Asked by name, a device type costs 0.2 us a check: maia only where it can run.
-    unseen = [d for d in ("mps", "maia") if d in supported and (d != "maia" or _has_maia(torch))]
-    # Autocast on a device type is its key missing from the thread's excluded keys:
-    # asked so (a C partial, no Python frame), the check costs a third as much.
-    excluded = getattr(torch._C, "_dispatch_tls_is_dispatch_key_excluded", None)
-    mps_key = getattr(torch._C.DispatchKey, "AutocastMPS", None)
-    if unseen == ["mps"] and excluded is not None and mps_key is not None:
-        return functools.partial(excluded, mps_key)
-    if not unseen:
+def _autocast_off_probe(torch: Any, device: str) -> Callable[[], bool]:
+    """Whether autocast is off for ``device``, one of the device types that torch's
+    ``_is_any_autocast_enabled()`` misses (torch 2.13: "mps", an Apple GPU's, whose
+    autocast would otherwise stay behind, and "maia").
+
+    Autocast on a device type is its key missing from the thread's excluded dispatch
+    keys: asked so, through a C partial, the check costs a third of
+    ``torch.is_autocast_enabled(device)``, which parses the name each time.
+    """
+    if device not in _autocast_device_types(torch):
         return _on
-    return lambda: not any(enabled(device) for device in unseen)
-
-
-def _has_maia(torch: Any) -> bool:
-    return getattr(torch, "maia", None) is not None
+    parse = getattr(torch._C, "_parse_dispatch_key", None)
+    excluded = getattr(torch._C, "_dispatch_tls_is_dispatch_key_excluded", None)
+    key = None if parse is None else parse(f"Autocast{device.upper()}")
+    if key is None or excluded is None:  # another torch: ask by name
+        enabled: Callable[[str], bool] = torch.is_autocast_enabled
+        return lambda: not enabled(device)
+    return functools.partial(excluded, key)
 
 
 def autocast_on() -> bool:
     """Whether this thread has autocast on for any device type."""
-    return _any_autocast() or not _unseen_autocast_off()
+    return _any_autocast() or not _mps_autocast_off() or not _maia_autocast_off()
 
 
 #: Result types that are never awaitable, so that a worker skips inspect.isawaitable
@@ -124,11 +124,12 @@ never_awaitable: set[type[object]] = {
 }
 
 
-# torch's checks of the four parts of the state; until torch is usable, a fresh state.
+# torch's checks of the parts of the state; until torch is usable, a fresh state.
 _grad_enabled: Callable[[], bool] = _load_probes
 _inference: Callable[[], bool] = _off
 _any_autocast: Callable[[], bool] = _off
-_unseen_autocast_off: Callable[[], bool] = _on
+_mps_autocast_off: Callable[[], bool] = _on
+_maia_autocast_off: Callable[[], bool] = _on
 _cuda_initialized: Callable[[], bool] = _off
 
 
@@ -166,13 +167,15 @@ def interop_threads() -> int:
 
 
 def is_fresh() -> bool:
-    """Whether this thread's torch state is a fresh thread's (the usual case): five
-    C-level checks, about 0.3 us, which every sync fork pays once torch is imported."""
+    """Whether this thread's torch state is a fresh thread's (the usual case): six
+    C-level checks, about 0.45 us, which a sync fork pays about three times (fork, the
+    call's clean-up, a waiter running it) once torch is imported."""
     return (
         _grad_enabled()
         and not _inference()
         and not _any_autocast()
-        and _unseen_autocast_off()
+        and _mps_autocast_off()
+        and _maia_autocast_off()
         and not _cuda_initialized()
     )
 
@@ -274,7 +277,16 @@ class InState:
             finally:
                 if autocast_on():
                     _autocast_off(torch)
-        return self._call_under(torch, state, args, kwargs)
+        # The thread had autocast on somewhere (a waiter running the call inline): the
+        # device types the call turned on or off outside the stack's own are put back.
+        devices = _autocast_device_types(torch)
+        before = [torch.is_autocast_enabled(device) for device in devices]
+        try:
+            return self._call_under(torch, state, args, kwargs)
+        finally:
+            for device, was_on in zip(devices, before, strict=True):
+                if torch.is_autocast_enabled(device) != was_on:
+                    torch.set_autocast_enabled(device, was_on)
 
     def _call_in_modes(
         self, torch_c: Any, state: TorchState, args: tuple[Any, ...], kwargs: dict[str, Any]
