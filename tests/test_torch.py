@@ -1134,3 +1134,27 @@ def test_the_autocast_check_sees_the_device_types_torchs_own_misses(device: str)
     finally:
         torch.set_autocast_enabled(device, False)
     assert autocast_off()
+
+
+def test_a_torch_clean_up_that_fails_fails_the_future_and_spares_the_worker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Raised out of the worker's run, it left the future unsettled for good (its waiter
+    hung) and ended the worker thread."""
+    import forkwait._threads
+
+    def broken(func: object) -> None:
+        raise RuntimeError("could not clean up")
+
+    monkeypatch.setattr(forkwait._threads, "clean_torch_state", broken)
+    with pytest.raises(RuntimeError, match="could not clean up"):
+        in_worker(lambda: 1)
+
+    def boom() -> None:
+        raise KeyError("the call's own")
+
+    with pytest.raises(KeyError, match="the call's own"):
+        in_worker(boom)
+    assert "could not put back a fresh torch state" in caplog.text
+    monkeypatch.undo()
+    assert in_worker(lambda: 2) == 2

@@ -108,7 +108,10 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
         value = context.run(_enter, (host, depth, fut, get_ident()), func, args, kwargs)
     except BaseException as exc:
         if "torch" in _modules:
-            clean_torch_state(func)
+            try:
+                clean_torch_state(func)
+            except BaseException as failed:  # the call's own exception is the one to raise
+                logger.error("forkwait: could not put back a fresh torch state", exc_info=failed)
         fut._set_exception(exc)
         # The call's frames, in the exception's traceback, keep this frame (their caller)
         # and _enter's: neither may hold the future (nor the call's context, which holds
@@ -117,7 +120,11 @@ def run_call(fut: Future[Any], call: Call, depth: int) -> None:
         del fut, call, context
         return
     if "torch" in _modules:  # a call that left grad mode off must not leave it to the next
-        clean_torch_state(func)
+        try:
+            clean_torch_state(func)
+        except BaseException as failed:  # raised, it would leave the future unsettled
+            fut._set_exception(failed)
+            return
     if type(value) not in never_awaitable and inspect.isawaitable(value):
         # A sync callable that returned an awaitable (a lambda returning a
         # coroutine): await it on the loop, so a result is never a coroutine.
