@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import forkwait
 from forkwait import fork, wait
@@ -782,6 +783,140 @@ def test_state_carries_through_nested_forks() -> None:
 
     with torch.no_grad():
         assert in_worker(outer) == (False, False)
+
+
+# -- modes and saved-tensor hooks, as torch.jit.fork carries them ------------------
+
+
+def mode_stacks() -> tuple[int, int, bool]:
+    """How many torch function and dispatch modes this thread has, and whether it has
+    saved-tensor hooks."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return torch._C._len_torch_function_stack(), torch._C._len_torch_dispatch_stack(), bool(hooks)
+
+
+def device_made() -> str:
+    return torch.zeros(1).device.type
+
+
+class OpsSeen(TorchDispatchMode):
+    """Notes the name of every aten op it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_torch_device_context_applies_in_the_worker() -> None:
+    with torch.device("meta"):
+        assert in_worker(device_made) == "meta"
+    assert in_worker(lambda: (device_made(), mode_stacks())) == ("cpu", (0, 0, False))
+
+
+def test_set_default_device_applies_in_the_worker() -> None:
+    """torch keeps the default device per thread (as a mode): the forker's goes along."""
+    torch.set_default_device("meta")
+    try:
+        assert in_worker(device_made) == "meta"
+    finally:
+        torch.set_default_device(None)
+    assert in_worker(device_made) == "cpu"
+
+
+def test_a_dispatch_mode_sees_the_ops_of_a_forked_call() -> None:
+    """A FlopCounterMode-style mode counts what a forked module computes."""
+    model = nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    with OpsSeen() as seen:
+        in_worker(lambda: model(x))
+    assert "aten.addmm.default" in seen.ops
+    count = len(seen.ops)
+    in_worker(lambda: model(x))
+    assert len(seen.ops) == count  # gone with the forker's mode
+
+
+def test_fake_tensor_mode_applies_in_the_worker() -> None:
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        made = in_worker(lambda: torch.ones(2) * 3)
+    assert isinstance(made, FakeTensor)
+    assert in_worker(mode_stacks) == (0, 0, False)
+
+
+def test_saved_tensor_hooks_pack_what_a_forked_call_saves() -> None:
+    packed: list[torch.Size] = []
+
+    def pack(tensor: Tensor) -> Tensor:
+        packed.append(tensor.shape)
+        return tensor
+
+    def backward_through_a_product() -> Tensor:
+        x = torch.ones(3, requires_grad=True)
+        (x * x).sum().backward()
+        assert x.grad is not None
+        return x.grad
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        grad = in_worker(backward_through_a_product)
+    torch.testing.assert_close(grad, torch.full((3,), 2.0))
+    assert packed == [torch.Size([3]), torch.Size([3])]  # x, twice, for x * x
+
+
+def test_modes_carry_through_nested_forks() -> None:
+    with torch.device("meta"):
+        assert in_worker(lambda: in_worker(device_made)) == "meta"
+
+
+def test_a_call_run_inline_by_a_waiter_with_modes_runs_without_them(max_threads: Any) -> None:
+    """A waiter under a device context and a dispatch mode that runs a queued call itself
+    runs it as it was forked, without either, and has both back afterwards."""
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)  # holds the only worker, so the next call stays queued
+    fut = fork(lambda: (threading.get_ident(), device_made(), mode_stacks()))
+    with torch.device("meta"), OpsSeen() as seen:
+        ident, device, stacks = wait(fut)
+        after = (device_made(), mode_stacks())
+    release.set()
+    assert wait(blocker) is True
+    assert ident == threading.get_ident(), "expected the waiter to run the call inline"
+    assert (device, stacks) == ("cpu", (0, 0, False))
+    assert after == ("meta", (1, 1, False))
+    assert seen.ops == ["aten.zeros.default"]  # the waiter's own zeros, not the call's
+
+
+def leaves_a_device_context() -> tuple[int, int, bool]:
+    torch.device("meta").__enter__()  # and no __exit__
+    return mode_stacks()
+
+
+def test_a_call_that_leaves_a_mode_does_not_leave_it_to_the_next_call(max_threads: Any) -> None:
+    max_threads(1)
+    first = in_worker(lambda: (threading.get_ident(), leaves_a_device_context()))
+    second = in_worker(lambda: (threading.get_ident(), mode_stacks(), device_made()))
+    assert first[0] == second[0], "expected one worker thread to run both calls"
+    assert first[1] == (1, 0, False)
+    assert second[1:] == ((0, 0, False), "cpu")
+
+
+def test_a_call_that_leaves_a_mode_does_not_leave_it_to_its_inline_waiter(
+    max_threads: Any,
+) -> None:
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)
+    fut = fork(lambda: (threading.get_ident(), leaves_a_device_context()))
+    ident, inside = wait(fut)
+    after = mode_stacks()
+    release.set()
+    assert wait(blocker) is True
+    assert ident == threading.get_ident(), "expected the waiter to run the call inline"
+    assert (inside, after) == ((1, 0, False), (0, 0, False))
 
 
 def test_a_worker_gets_its_own_state_back_after_the_call(max_threads: Any) -> None:

@@ -1,7 +1,9 @@
 """The forking thread's torch state, carried into the thread that runs a sync call.
 
-torch keeps grad mode, inference mode, autocast and the current CUDA device and stream
-per thread, and ``torch.jit.fork`` carries them into its tasks; so does ``fork``, or a
+torch keeps grad mode, inference mode, autocast, the current CUDA device and stream,
+the modes (``torch.device(...)`` as a context, ``set_default_device``, a
+``TorchDispatchMode`` such as ``FlopCounterMode``) and the saved-tensor hooks per
+thread, and ``torch.jit.fork`` carries them into its tasks; so does ``fork``, or a
 module forked under ``inference_mode()`` would build autograd graphs in its worker.
 Also which calls are modules: those run at most as many at once as ``torch.jit.fork``
 runs tasks (see ``_threads.module_pool_for``).
@@ -25,7 +27,7 @@ _modules = sys.modules
 class TorchState:
     """What ``capture`` read: the torch state that a call runs under."""
 
-    __slots__ = ("autocast", "autocast_cache", "cuda", "grad", "inference")
+    __slots__ = ("autocast", "autocast_cache", "cuda", "grad", "inference", "modes")
 
     def __init__(
         self,
@@ -34,18 +36,40 @@ class TorchState:
         autocast: tuple[tuple[str, Any], ...],
         autocast_cache: bool,
         cuda: tuple[Any, Any] | None,
+        modes: Modes | None = None,
     ) -> None:
         self.grad = grad
         self.inference = inference
         self.autocast = autocast  # (device type, dtype) of each device type with autocast on
         self.autocast_cache = autocast_cache
         self.cuda = cuda  # (device index, stream), once CUDA is initialized
+        self.modes = modes  # None: no mode and no saved-tensor hooks
 
     def __repr__(self) -> str:
         return (
             f"TorchState(grad={self.grad}, inference={self.inference}, "
-            f"autocast={self.autocast}, cuda={self.cuda})"
+            f"autocast={self.autocast}, cuda={self.cuda}, modes={self.modes})"
         )
+
+
+class Modes:
+    """A thread's torch function modes, dispatch modes (each stack from the bottom) and
+    the saved-tensor hooks that pack tensors (the top pair: only it is used)."""
+
+    __slots__ = ("dispatch", "function", "hidden_hooks", "hooks")
+
+    def __init__(
+        self, function: tuple[Any, ...], dispatch: tuple[Any, ...], hooks: tuple[Any, Any] | None
+    ) -> None:
+        self.function = function
+        self.dispatch = dispatch
+        self.hooks = hooks
+        #: Below the top pair, bottom first: only those popped to be put back (see
+        #: _take_modes); the top pair alone packs tensors.
+        self.hidden_hooks: tuple[tuple[Any, Any], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Modes(function={self.function}, dispatch={self.dispatch}, hooks={self.hooks})"
 
 
 #: A fresh thread's state: what a worker has between calls.
@@ -55,7 +79,7 @@ FRESH = TorchState(grad=True, inference=False, autocast=(), autocast_cache=True,
 def _load_probes() -> bool:
     """Look up torch's checks once torch is usable; then run the grad check."""
     global _grad_enabled, _inference, _any_autocast, _mps_autocast_off, _maia_autocast_off
-    global _cuda_initialized
+    global _cuda_initialized, _function_modes, _dispatch_modes, _saved_hooks
     torch: Any = _modules["torch"]
     try:  # all looked up before any is used: a half-imported torch changes nothing
         probes = (
@@ -65,11 +89,12 @@ def _load_probes() -> bool:
             _autocast_off_probe(torch, "mps"),
             _autocast_off_probe(torch, "maia"),
             torch.cuda.is_initialized,
+            *_mode_probes(torch._C),
         )
     except AttributeError:  # torch is still being imported, in another thread
         return True
     _inference, _any_autocast, _mps_autocast_off, _maia_autocast_off = probes[1:5]
-    _cuda_initialized = probes[5]
+    _cuda_initialized, _function_modes, _dispatch_modes, _saved_hooks = probes[5:9]
     _grad_enabled = probes[0]
     never_awaitable.add(torch.Tensor)
     return _grad_enabled()
@@ -77,6 +102,25 @@ def _load_probes() -> bool:
 
 def _off() -> bool:
     return False
+
+
+def _none() -> None:
+    return None
+
+
+def _mode_probes(
+    torch_c: Any,
+) -> tuple[Callable[[], int], Callable[[], int], Callable[[], tuple[Any, Any] | None]]:
+    """How many torch function modes and dispatch modes this thread has, and its top
+    saved-tensor hooks; on a torch without them (private API), none."""
+    try:
+        return (
+            torch_c._len_torch_function_stack,
+            torch_c._len_torch_dispatch_stack,
+            functools.partial(torch_c._autograd._top_saved_tensors_default_hooks, False),
+        )
+    except AttributeError:
+        return (_off, _off, _none)
 
 
 def _on() -> bool:
@@ -131,6 +175,9 @@ _any_autocast: Callable[[], bool] = _off
 _mps_autocast_off: Callable[[], bool] = _on
 _maia_autocast_off: Callable[[], bool] = _on
 _cuda_initialized: Callable[[], bool] = _off
+_function_modes: Callable[[], int] = _off
+_dispatch_modes: Callable[[], int] = _off
+_saved_hooks: Callable[[], tuple[Any, Any] | None] = _none
 
 
 #: How many wrappers is_module_call looks through: one per scope or trace around the
@@ -167,8 +214,8 @@ def interop_threads() -> int:
 
 
 def is_fresh() -> bool:
-    """Whether this thread's torch state is a fresh thread's (the usual case): six
-    C-level checks, about 0.45 us, which a sync fork pays about three times (fork, the
+    """Whether this thread's torch state is a fresh thread's (the usual case): nine
+    C-level checks, about 0.6 us, which a sync fork pays about three times (fork, the
     call's clean-up, a waiter running it) once torch is imported."""
     return (
         _grad_enabled()
@@ -177,6 +224,26 @@ def is_fresh() -> bool:
         and _mps_autocast_off()
         and _maia_autocast_off()
         and not _cuda_initialized()
+        and not _function_modes()
+        and not _dispatch_modes()
+        and _saved_hooks() is None
+    )
+
+
+def _has_modes() -> bool:
+    """Whether this thread has a torch function mode, a dispatch mode or saved-tensor hooks."""
+    return bool(_function_modes() or _dispatch_modes()) or _saved_hooks() is not None
+
+
+def _capture_modes(torch_c: Any) -> Modes | None:
+    """This thread's modes and saved-tensor hooks; ``None`` if it has none."""
+    functions, dispatches, hooks = _function_modes(), _dispatch_modes(), _saved_hooks()
+    if not functions and not dispatches and hooks is None:
+        return None
+    return Modes(
+        tuple(torch_c._get_function_stack_at(i) for i in range(functions)),
+        tuple(torch_c._get_dispatch_stack_at(i) for i in range(dispatches)),
+        hooks,
     )
 
 
@@ -188,14 +255,16 @@ _plain_states: dict[tuple[bool, bool, bool], TorchState] = {}
 def capture() -> TorchState:
     """This thread's torch state, in full."""
     torch: Any = _modules["torch"]
-    if not autocast_on() and not _cuda_initialized():
+    any_autocast = autocast_on()
+    modes = _capture_modes(torch._C)
+    if not any_autocast and modes is None and not _cuda_initialized():
         key = (_grad_enabled(), _inference(), torch.is_autocast_cache_enabled())
         state = _plain_states.get(key)
         if state is None:
             state = _plain_states[key] = TorchState(key[0], key[1], (), key[2], None)
         return state
     autocast: tuple[tuple[str, Any], ...] = ()
-    if autocast_on():
+    if any_autocast:
         autocast = tuple(
             (device, torch.get_autocast_dtype(device))
             for device in _autocast_device_types(torch)
@@ -211,6 +280,7 @@ def capture() -> TorchState:
         autocast,
         torch.is_autocast_cache_enabled(),
         cuda,
+        modes,
     )
 
 
@@ -244,6 +314,35 @@ def clean_up(func: Callable[..., Any]) -> None:
     torch.set_grad_enabled(True)
     if autocast_on():
         _autocast_off(torch)
+    _take_modes(torch._C)
+
+
+def _take_modes(torch_c: Any) -> Modes | None:
+    """Pop this thread's modes and saved-tensor hooks, to put back with ``_put_modes``."""
+    if not _has_modes():
+        return None
+    function = [torch_c._pop_torch_function_stack() for _ in range(_function_modes())]
+    dispatch = [torch_c._pop_torch_dispatch_stack(None) for _ in range(_dispatch_modes())]
+    hooks: list[tuple[Any, Any]] = []
+    while (top := _saved_hooks()) is not None:
+        hooks.append(top)
+        torch_c._autograd._pop_saved_tensors_default_hooks()
+    modes = Modes(tuple(reversed(function)), tuple(reversed(dispatch)), None)
+    modes.hooks = hooks[0] if hooks else None
+    modes.hidden_hooks = tuple(reversed(hooks[1:]))
+    return modes
+
+
+def _put_modes(torch_c: Any, modes: Modes | None) -> None:
+    """Push ``modes`` on this thread's stacks, bottom first."""
+    if modes is None:
+        return
+    for mode in modes.function:
+        torch_c._push_on_torch_function_stack(mode)
+    for mode in modes.dispatch:
+        torch_c._push_on_torch_dispatch_stack(mode)
+    for pack, unpack in (*modes.hidden_hooks, *((modes.hooks,) if modes.hooks else ())):
+        torch_c._autograd._push_saved_tensors_default_hooks(pack, unpack)
 
 
 def _autocast_off(torch: Any) -> None:
@@ -266,6 +365,18 @@ class InState:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         torch: Any = _modules["torch"]
+        if self.state.modes is None and not _has_modes():
+            return self._call(torch, args, kwargs)
+        # The forker's modes, and none of this thread's (a waiter's, running it inline).
+        own = _take_modes(torch._C)
+        _put_modes(torch._C, self.state.modes)
+        try:
+            return self._call(torch, args, kwargs)
+        finally:
+            _take_modes(torch._C)  # the forker's, and any the call left pushed
+            _put_modes(torch._C, own)
+
+    def _call(self, torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         state = self.state
         if not autocast_on():
             # The thread had autocast off: so it has after the call, even if the call
