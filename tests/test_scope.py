@@ -375,6 +375,24 @@ async def test_a_fork_that_fails_after_the_group_was_cancelled_fails_the_group()
 
 
 @pytest.mark.anyio
+async def test_forks_failing_at_once_both_reach_the_group() -> None:
+    """Both sync calls raised: the first failure cancels the group while the keeper of
+    the second steps to raise it, and that step must not lose it."""
+    for _ in range(5):  # the two failures meet in the loop only now and then
+        meet = threading.Barrier(2, timeout=10)
+
+        def fails_with_the_other(message: str, meet: threading.Barrier = meet) -> None:
+            meet.wait()
+            raise ValueError(message)
+
+        with pytest.RaisesGroup(ValueError, ValueError):
+            async with anyio.create_task_group() as tg:
+                with forkwait.scope(task_group=tg):
+                    fork(fails_with_the_other, "a")
+                    fork(fails_with_the_other, "b")
+
+
+@pytest.mark.anyio
 async def test_a_fork_in_a_scope_of_a_task_group_that_has_exited_is_refused() -> None:
     async with anyio.create_task_group() as tg:
         pass
@@ -528,6 +546,113 @@ def test_a_sync_inner_scope_cancelled_from_outside_still_raises_its_forks_failur
     ):
         fork(runs_an_inner_scope)
         fork(outer_fails)
+
+
+def test_a_sync_scope_cancelled_while_its_body_waits_ends_quietly() -> None:
+    """The scope's own cancellation, which the body's wait raises, ends at the scope, as
+    an async scope's (anyio's cancel scope) does; the running call finishes."""
+    started = threading.Event()
+    release = threading.Event()
+    reached: list[str] = []
+
+    def runs_until_released() -> int:
+        started.set()
+        assert release.wait(10)
+        return 1
+
+    def cancel_once_started(s: forkwait.Scope) -> None:
+        assert started.wait(10)
+        s.cancel()
+        release.set()
+
+    with forkwait.scope() as s:
+        fut = fork(runs_until_released)
+        threading.Thread(target=cancel_once_started, args=(s,)).start()
+        wait(fut)
+        reached.append("after the wait")
+    assert reached == []
+    assert wait(fut) == 1
+
+
+def test_a_sync_inner_scope_passes_an_outer_cancellation_on_as_it_is() -> None:
+    """The outer scope's cancellation interrupts the inner body's wait: the inner scope
+    raises it again, not in an ExceptionGroup, so the fork running it is cancelled and
+    the outer scope, whose cancellation it is, ends quietly."""
+    release = threading.Event()
+    outside = fork(release.wait, 10)  # in no scope
+    entered = threading.Event()
+
+    def waits_in_an_inner_scope() -> bool:
+        with forkwait.scope():
+            entered.set()
+            return wait(outside)
+
+    with forkwait.scope() as outer:
+        inner = fork(waits_in_an_inner_scope)
+        assert entered.wait(10)
+        outer.cancel()
+    assert inner.cancelled()
+    release.set()
+    assert wait(outside) is True
+
+
+def _leaves_an_inner_scope_with_an_error(
+    outside: Future[Any], failed: threading.Event, release: threading.Event
+) -> None:
+    started = threading.Event()
+
+    def runs_until_released() -> None:
+        started.set()
+        with pytest.raises(forkwait.CancelledError):
+            wait(outside)  # until the inner scope is cancelled, as its body fails
+        failed.set()
+        assert release.wait(10)  # and still running: the inner scope waits for it
+
+    with forkwait.scope():
+        fork(runs_until_released)
+        assert started.wait(10)
+        raise ValueError("inner body")
+
+
+def test_an_inner_scopes_error_survives_an_outer_cancellation() -> None:
+    """The outer scope is cancelled while the inner one, leaving with its body's error,
+    waits for its fork: the error is raised, grouped as anyio's groups do, not lost."""
+    never = threading.Event()
+    outside = fork(never.wait, 20)  # in no scope
+    for _ in range(5):  # the release may end the inner wait before the cancellation does
+        failed = threading.Event()
+        release = threading.Event()
+        with (
+            pytest.RaisesGroup(
+                pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="inner body"))
+            ),
+            forkwait.scope() as outer,
+        ):
+            fork(_leaves_an_inner_scope_with_an_error, outside, failed, release)
+            assert failed.wait(10)
+            outer.cancel()
+            release.set()
+    never.set()
+    assert wait(outside) is True
+
+
+@pytest.mark.anyio
+async def test_an_async_inner_scopes_error_survives_an_outer_cancellation() -> None:
+    release = threading.Event()
+    leaving = anyio.Event()
+
+    async def leaves_an_inner_scope_with_an_error() -> None:
+        async with forkwait.scope():
+            fork(release.wait, 10)
+            leaving.set()
+            raise ValueError("inner body")
+
+    with pytest.RaisesGroup(pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="inner body"))):
+        async with forkwait.scope() as outer:
+            fork(leaves_an_inner_scope_with_an_error)
+            await leaving.wait()
+            outer.cancel()
+            release.set()
 
 
 def test_cancelling_an_outer_scope_reaches_an_inner_scopes_forks_at_once() -> None:

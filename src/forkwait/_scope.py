@@ -192,8 +192,11 @@ class Scope(Observer):
             # group gets the failure, as from a task of its own that fails late.
         else:
             if owes_failure(fut):
-                # Let a task that is awaiting this fork, and steps next, retrieve it first.
-                await anyio.lowlevel.checkpoint()
+                # Let a task that is awaiting this fork, and steps next, retrieve it first;
+                # shielded: the group cancelled meanwhile (another fork failing at once)
+                # must still get this failure.
+                with anyio.CancelScope(shield=True):
+                    await anyio.lowlevel.checkpoint()
         if owes_failure(fut):
             fut._mark_retrieved()
             raise fut._value.with_traceback(fut._traceback)
@@ -230,16 +233,20 @@ class Scope(Observer):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        self._close()
+        from ._future import CancelledError
+        from ._threads import block_until_done
+
+        own_cancel = self._cancelled  # before the body ended: cancel(), or a fork's failure
+        outer = self._close()
         if self._task_group is not None:
             return False  # the task group waits for the forks, and raises their failures
         if exc is not None:
             self.cancel()
             if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: stop the forks, then go
                 return False
-        from ._future import CancelledError
-        from ._threads import block_until_done
-
+        # A wait in the body that a cancellation interrupted (or a wait for a cancelled
+        # fork) is no error of the body's: it goes on as it is, or ends here.
+        cancelled = isinstance(exc, CancelledError)
         try:
             while (settling := self._settling()) is not None:
                 settling.wait()
@@ -247,11 +254,18 @@ class Scope(Observer):
             self.cancel()  # and, as with anyio's task groups, its forks end before it does
             while (settling := self._settling()) is not None:
                 block_until_done(settling, None, "wait")  # not interrupted again
-            self._raise(None)  # its forks' failures first, as anyio's groups report them
+            # The body's error and its forks' failures first, as anyio's groups report
+            # them; else the cancellation goes on.
+            self._raise(None if cancelled else exc)
             raise
         except BaseException:  # Ctrl-C while waiting: stop the forks, then go
             self.cancel()
             raise
+        if cancelled:
+            self._raise(None)
+            # The scope's own cancellation ends here, unless one around it was cancelled
+            # too: then it goes on to that one, as with trio's and anyio's cancel scopes.
+            return own_cancel and not (outer is not None and outer.interrupted())
         return self._raise(exc)
 
     async def __aenter__(self) -> Scope:
@@ -296,7 +310,9 @@ class Scope(Observer):
                 outer_cancel = cancel
                 self.cancel()
         if outer_cancel is not None:
-            self._raise(None)  # failures first: the cancellation is raised again anyway
+            # The body's error and the failures first (as anyio's groups): else the
+            # cancellation goes on.
+            self._raise(exc)
             raise outer_cancel
         return self._raise(exc) or swallowed
 
@@ -305,7 +321,8 @@ class Scope(Observer):
             raise RuntimeError("a forkwait.scope() can be entered only once")
         self._token = install(self)
 
-    def _close(self) -> None:
+    def _close(self) -> Observer | None:
+        """Uninstall the scope; the observer it was entered under, if any."""
         token = self._token
         assert token is not None
         try:
@@ -314,6 +331,8 @@ class Scope(Observer):
             raise RuntimeError(
                 "forkwait.scope() was exited in another context than it was entered in"
             ) from None
+        outer = token.old_value
+        return outer if isinstance(outer, Observer) else None
 
     def _settling(self) -> Future[None] | None:
         """A future done once every pending fork is done, or one fails unretrieved;
