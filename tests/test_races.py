@@ -267,3 +267,97 @@ def test_a_future_whose_waiters_all_timed_out_leaves_no_list_behind() -> None:
     gate.set()
     assert wait(fut) is True
     assert fut not in _lists
+
+
+class _HoldsTheHandOff(asyncio.SelectorEventLoop):
+    """A real loop that, once ``holding`` is set, holds the hand-off that makes a fork's
+    task at the caller until ``proceed`` is set, so that a cancel() can come between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = threading.Event()
+        self.arrived = threading.Event()
+        self.proceed = threading.Event()
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any, context: Any = None) -> Any:
+        if self.holding.is_set() and getattr(callback, "__name__", "") == "_start":
+            self.arrived.set()
+            assert self.proceed.wait(10)
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+def test_cancel_overtaking_the_hand_off_of_a_returned_coroutine_cancels_it() -> None:
+    """A sync call that returns a coroutine hands it to its loop; a cancel() whose own
+    hand-off reaches the loop first found no task to cancel, returned True, and the
+    coroutine then ran to the end."""
+    ran: list[str] = []
+
+    async def would_run() -> str:
+        ran.append("ran")
+        return "ran to the end"
+
+    def returns_a_coroutine() -> Any:
+        return would_run()
+
+    loop = _HoldsTheHandOff()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+
+        async def fork_it() -> Future[str]:
+            return fork(returns_a_coroutine)
+
+        loop.holding.set()
+        fut = asyncio.run_coroutine_threadsafe(fork_it(), loop).result(10)
+        assert loop.arrived.wait(10)  # the call ran; its coroutine is on its way
+        assert fut.cancel() is True
+        loop.proceed.set()
+        with pytest.raises(forkwait.CancelledError):
+            wait(fut, timeout=10)
+        assert fut.cancelled()
+        assert ran == []
+    finally:
+        loop.proceed.set()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_cancel_overtaking_the_hand_off_to_a_trio_run_cancels_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same for a trio run: the run's hand-off is held where forkwait queues it."""
+    import trio
+
+    import forkwait._trio as trio_host
+
+    ran: list[str] = []
+    arrived = threading.Event()
+    proceed = threading.Event()
+    queue_in_run = trio_host.call_soon
+
+    def holding_the_start(token: Any, fn: Any, *args: Any) -> bool:
+        if fn is trio_host.start:
+            arrived.set()
+            assert proceed.wait(10)
+        return queue_in_run(token, fn, *args)
+
+    monkeypatch.setattr(trio_host, "call_soon", holding_the_start)
+
+    async def would_run() -> str:
+        ran.append("ran")
+        return "ran to the end"
+
+    def returns_a_coroutine() -> Any:
+        return would_run()
+
+    async def main() -> None:
+        fut = fork(returns_a_coroutine)
+        await trio.to_thread.run_sync(arrived.wait, 10)
+        assert fut.cancel() is True
+        proceed.set()
+        with pytest.raises(forkwait.CancelledError):
+            await fut
+        assert ran == []
+
+    trio.run(main)

@@ -483,6 +483,52 @@ def test_wait_on_a_future_whose_loop_was_closed_says_so() -> None:
     asyncio.run(from_another_loop())
 
 
+def test_waits_on_what_follows_a_future_whose_loop_was_closed_say_so() -> None:
+    """A then() callback and collect_all start once their futures are done: a wait for
+    them looks whether those can still finish, as a wait for the future itself does
+    (they blocked for good)."""
+    fut = _future_of_a_closed_loop()
+    after = fut.then(lambda done: done.exception())
+    collected = forkwait.collect_all([fut])
+    assert isinstance(wait(after, timeout=10), RuntimeError)
+    [member] = wait(collected, timeout=10)
+    with pytest.raises(RuntimeError, match="the event loop running its task was closed"):
+        wait(member)
+
+
+def test_a_long_then_chain_on_a_future_whose_loop_was_closed_ends() -> None:
+    """Looked at link by link, not by recursion: a chain longer than the stack is deep."""
+    fut = _future_of_a_closed_loop()
+    last = fut
+    for _ in range(3000):
+        last = last.then(lambda done: done.exception() or done.value())
+    assert isinstance(wait(last, timeout=30), RuntimeError)
+
+
+def test_awaits_of_what_follows_a_future_whose_loop_was_closed_say_so() -> None:
+    fut = _future_of_a_closed_loop()
+
+    async def from_another_loop() -> None:
+        collected = await asyncio.wait_for(forkwait.collect_all([fut]), 10)
+        assert isinstance(collected[0].exception(), RuntimeError)
+        after = await asyncio.wait_for(fut.then(lambda done: done.exception()), 10)
+        assert isinstance(after, RuntimeError)
+
+    asyncio.run(from_another_loop())
+
+
+def test_a_wait_for_collect_all_that_began_before_the_loop_closed_says_so() -> None:
+    """Also while the waiter runs each member's wait itself (the members of a sync wait
+    for collect_all)."""
+    fut, close = _fork_on_a_loop_of_its_own()
+    collected = forkwait.collect_all([fut])
+    closer = threading.Thread(target=close)
+    closer.start()
+    [member] = wait(collected, timeout=30)
+    closer.join(10)
+    assert isinstance(member.exception(), RuntimeError)
+
+
 def test_ctrl_c_in_a_sync_scopes_body_leaves_without_waiting_for_running_forks() -> None:
     """As Ctrl-C while the scope's exit waits does: the forks are cancelled, and the
     running sync call (which cannot be stopped) is not waited for."""

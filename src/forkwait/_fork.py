@@ -19,6 +19,7 @@ from ._future import Future, allocate_future, new_future, python_await
 from ._hooks import Observer, current_observer, get_observer
 from ._hosts import (
     UNRESOLVED,
+    After,
     Host,
     Slot,
     await_any,
@@ -178,7 +179,7 @@ def chain(
 ) -> Future[Any]:
     """The future behind ``fut.then(fn)``: QUEUED until ``fut`` is done, so cancellable."""
     child = new_future(QUEUED, fn)
-    child._handle = Slot(fn)
+    child._handle = After(fn, (fut,))
     if "torch" in _modules:  # as torch's then(): fn runs under the caller's torch state
         fn = bind_torch_state(fn)
     host = current_host()  # the loop an awaitable from fn goes to: the caller's

@@ -789,6 +789,8 @@ def _cancel_task(fut: Future[Any]) -> None:
         task.cancel()
     elif isinstance(task, HostedTask):
         task.cancel_here()
+    elif isinstance(task, OnItsWay):  # this came before the hand-off that makes the task
+        task.cancelled = True
 
 
 def observed_wait(fut: Future[T], timeout: float | None, api: str) -> T:

@@ -235,7 +235,20 @@ def abandon_if_it_cannot_finish(fut: Future[Any]) -> None:
     """A call that can never finish (its event loop was closed first, or it runs in the
     parent of this child of ``os.fork()``): fail its future with an error that says so,
     rather than leave its waiters blocked for good. A call that was only queued in the
-    parent is queued again here instead, as nothing else here would run it."""
+    parent is queued again here instead, as nothing else here would run it.
+
+    A future that starts once others are done (a ``then()`` callback, ``collect_all``)
+    finishes once they do: those are looked at.
+    """
+    handle: Any = fut._handle
+    if isinstance(handle, After):
+        for each in _awaited_by(fut)[1:]:
+            _abandon_if_it_cannot_finish(each)
+        return
+    _abandon_if_it_cannot_finish(fut)
+
+
+def _abandon_if_it_cannot_finish(fut: Future[Any]) -> None:
     handle: Any = fut._handle
     if isinstance(handle, (Slot, OnItsWay)):
         _abandon_if_never_started(fut, handle)
@@ -297,8 +310,14 @@ LOOK_AGAIN_SECONDS = 1.0
 
 def loop_that_may_close(fut: Future[Any]) -> asyncio.AbstractEventLoop | None:
     """The app's event loop that runs (or is about to run) ``fut``'s task, if any: a
-    loop forkwait does not own, which the app may close before the task ends."""
+    loop forkwait does not own, which the app may close before the task ends; or, for a
+    future that starts once others are done, the first such loop of theirs."""
     handle: Any = fut._handle
+    if isinstance(handle, After):
+        for each in _awaited_by(fut)[1:]:
+            if not isinstance(each._handle, After) and (loop := loop_that_may_close(each)):
+                return loop
+        return None
     if isinstance(handle, asyncio.Task):
         loop = handle.get_loop()
     elif isinstance(handle, (Slot, OnItsWay)) and isinstance(
@@ -408,6 +427,8 @@ def _start(
         if take(fut) is None:
             return  # cancel() won, and closed the coroutine
         fut._state = RUNNING
+    elif cancelled_on_its_way(fut, awaitable):
+        return
     loop = running_loop()
     assert loop is not None
     sniffio = _modules.get("sniffio")
@@ -465,13 +486,28 @@ class OnItsWay:
     Not a list: nobody can ``take()`` it, as its call already ran.
     """
 
-    __slots__ = ("awaitable", "loop")
+    __slots__ = ("awaitable", "cancelled", "loop")
 
     def __init__(
         self, awaitable: Awaitable[Any], loop: asyncio.AbstractEventLoop | TrioToken
     ) -> None:
         self.awaitable = awaitable
         self.loop = loop
+        #: cancel() came before the task was made (its hand-off overtook the awaitable's):
+        #: the task is never started.
+        self.cancelled = False
+
+
+def cancelled_on_its_way(fut: Future[Any], awaitable: Awaitable[Any]) -> bool:
+    """In the loop's thread, about to make ``fut``'s task: if ``cancel()`` came first,
+    settle ``fut`` as cancelled and say so."""
+    handle = getattr(fut, "_handle", None)  # unset: a fork in the loop's own thread
+    if type(handle) is not OnItsWay or not handle.cancelled:
+        return False
+    close_awaitable(awaitable)
+    fut._handle = None
+    fut._set_cancelled()
+    return True
 
 
 class Slot(list[Any]):
@@ -488,11 +524,44 @@ class Slot(list[Any]):
         self.loop: asyncio.AbstractEventLoop | TrioToken | None = None
 
 
-class Members(Slot):
+class After(Slot):
+    """The slot of a future that starts once others are done (a ``then()`` callback):
+    a wait for it looks whether they can still finish (see abandon_if_it_cannot_finish)."""
+
+    __slots__ = ("after",)
+
+    def __init__(self, item: object, after: tuple[Future[Any], ...]) -> None:
+        super().__init__(item)
+        self.after = after
+
+
+class Members(After):
     """The slot of a future made of others (``collect_all``): they are its one item, so a
     thread that waits for it can first wait for each, running queued ones itself."""
 
     __slots__ = ()
+
+    def __init__(self, futs: list[Future[Any]]) -> None:
+        super().__init__(futs, tuple(futs))
+
+
+def _awaited_by(fut: Future[Any]) -> list[Future[Any]]:
+    """``fut``, and the futures it waits for to start, and theirs (a chain of ``then()``
+    callbacks, the members of ``collect_all``), those not done; iterative, as a chain
+    may be long."""
+    found: list[Future[Any]] = []
+    seen: set[int] = set()
+    todo = [fut]
+    while todo:
+        each = todo.pop()
+        if id(each) in seen or each._state >= DONE:
+            continue
+        seen.add(id(each))
+        found.append(each)
+        handle = each._handle
+        if isinstance(handle, After):
+            todo.extend(handle.after)
+    return found
 
 
 def take(fut: Future[Any]) -> Any:  # Any: a call record, a coroutine or a callback

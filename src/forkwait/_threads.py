@@ -910,8 +910,8 @@ def _wait_for_member(member: Future[Any], collected: Future[Any]) -> None:
         if collected._add_waiter(wake):
             if member._state == QUEUED and type(member._handle) is list:
                 _acquire_left_to_pool(wake.lock, member)
-            else:
-                wake.lock.acquire()
+            elif not wake.lock.acquire(True, LOOK_AGAIN_SECONDS):
+                keep_acquiring(wake.lock, member, None)  # can it still finish (its loop)?
     finally:
         member._remove_waiter(wake)
         collected._remove_waiter(wake)

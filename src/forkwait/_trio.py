@@ -31,6 +31,7 @@ from ._hosts import (
     OnItsWay,
     Slot,
     abandon_if_it_cannot_finish,
+    cancelled_on_its_way,
     close_awaitable,
     fail_to_start,
     loop_that_may_close,
@@ -136,6 +137,8 @@ def start(
         if take(fut) is None:
             return  # cancel() won, and closed the coroutine
         fut._state = RUNNING
+    elif cancelled_on_its_way(fut, awaitable):
+        return
     scope = _CancelScope()
     fut._handle = task = TrioTask(scope, token)
     func = fut._func
