@@ -16,6 +16,7 @@ import trio.lowlevel
 
 import forkwait
 from forkwait import Future, fork, wait
+from forkwait._hosts import thread_host
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -221,6 +222,20 @@ def test_an_anyio_worker_thread_forks_back_onto_its_trio_run() -> None:
         assert token is mine
 
     anyio.run(main, backend="trio")
+
+
+def test_a_trio_worker_thread_forks_back_onto_its_trio_run() -> None:
+    """So does a thread of trio.to_thread.run_sync; and, the call over, it works for no
+    run (trio reuses the thread)."""
+
+    async def main() -> None:
+        mine = trio.lowlevel.current_trio_token()
+        token = await trio.to_thread.run_sync(lambda: wait(fork(current_token)))
+        assert token is mine
+        assert await trio.to_thread.run_sync(thread_host) is mine
+
+    trio.run(main)
+    assert thread_host() is None
 
 
 def test_a_fork_with_a_nursery_cancelled_at_the_end_of_the_run_is_cancelled(

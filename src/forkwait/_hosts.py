@@ -93,8 +93,8 @@ def _load_trio_host() -> Any:
 
 def thread_host() -> Host:
     """The loop that a thread without a running asyncio loop works for: the trio run in
-    this thread, else the one a forked call or anyio worker works for (spec rule 2),
-    else ``None``."""
+    this thread, else the one a forked call, an anyio worker or a trio worker works for
+    (spec rule 2), else ``None``."""
     if "trio" in _modules:  # first: a forked call may have started a trio run
         token = trio_token()
         if token is not None:
@@ -109,6 +109,13 @@ def thread_host() -> Host:
         anyio_token = anyio_loop.threadlocals.__dict__.get("current_token")
         native = getattr(anyio_token, "native_token", None)
         if isinstance(native, asyncio.AbstractEventLoop) or _is_trio_token(native):
+            return native
+    # So does a trio worker thread (trio.to_thread.run_sync), whose run trio keeps in a
+    # private thread-local (for trio.from_thread) while it runs the call.
+    trio_threads = _modules.get("trio._threads")
+    if trio_threads is not None:
+        native = getattr(getattr(trio_threads, "PARENT_TASK_DATA", None), "token", None)
+        if _is_trio_token(native):
             return native
     return None
 
