@@ -957,3 +957,36 @@ def test_finished_calls_do_not_keep_their_pool_alive() -> None:
     handle = fut._handle
     assert handle.run is None
     assert handle.packed is None
+
+
+def test_a_scripts_function_whose_globals_cannot_travel_goes_by_name(tmp_path: Path) -> None:
+    """By value it cannot go (its lock), so it goes by name, as a process pool sends it:
+    the worker imports the script, whose function it is."""
+    script = tmp_path / "uses_a_lock.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os
+            import threading
+
+            import forkwait
+            from forkwait import fork, wait
+
+            LOCK = threading.Lock()
+
+
+            def double(x):
+                with LOCK:
+                    return x * 2, os.getpid()
+
+
+            if __name__ == "__main__":
+                with forkwait.offload("processes"):
+                    value, pid = wait(fork(double, 21), timeout=30)
+                print(value, pid != os.getpid())
+            """
+        )
+    )
+    result = run_python(str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["42", "True"]

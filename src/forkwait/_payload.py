@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-def _dumps(obj: object) -> bytes:
+def _dumps(obj: object, imports_main: bool = False) -> bytes:
+    """``obj`` pickled; ``imports_main``: the receiver imports the main script (a worker
+    process of ours), so what pickle sends by name from ``__main__`` it finds."""
     try:
         packed: bytes | None = pickle.dumps(obj, _PROTOCOL)
     except Exception:
@@ -39,16 +41,28 @@ def _dumps(obj: object) -> bytes:
     if packed is None or b"__main__" in packed:
         import cloudpickle  # type: ignore[import-untyped]  # only when pickle will not do
 
-        return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+        try:
+            return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+        except Exception:
+            if packed is None or not imports_main:
+                raise
+        # By value it does not go (a script's function that uses a lock among the
+        # script's globals): by name then, as a process pool sends it. The worker
+        # imports the script, which has it unless it is defined under the main guard.
     return packed
 
 
 def pack_call(
-    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    where: str,
+    imports_main: bool = False,
 ) -> bytes:
-    """``(func, args, kwargs)`` as bytes, or a ``TypeError`` naming the part that cannot go."""
+    """``(func, args, kwargs)`` as bytes, or a ``TypeError`` naming the part that cannot go;
+    ``imports_main`` as for ``_dumps``."""
     try:
-        return _dumps((func, args, kwargs))
+        return _dumps((func, args, kwargs), imports_main)
     except Exception as exc:
         culprit = _unpicklable_part(func, args, kwargs)
         raise TypeError(

@@ -626,7 +626,7 @@ class Processes(Target):
                 f"itself starting as a worker and importing the main module: keep a "
                 f'script\'s work under `if __name__ == "__main__":`'
             )
-        packed = pack_call(func, args, kwargs, "a worker process")
+        packed = pack_call(func, args, kwargs, "a worker process", imports_main=True)
         fut = new_future(QUEUED, func)
         if self._exited:
             fut._state = RUNNING
