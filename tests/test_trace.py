@@ -101,6 +101,31 @@ def test_a_cancelled_fork_is_recorded_as_cancelled(max_threads: Any) -> None:
     assert call.started_at is None
 
 
+def test_a_call_that_starts_after_the_trace_ended_has_no_negative_duration(
+    max_threads: Any,
+) -> None:
+    """Queued behind another when the trace ends, it starts later, still running: the
+    Chrome trace shows it as a point where it started, not as ending before it began."""
+    max_threads(1)
+    release, started, finish = threading.Event(), threading.Event(), threading.Event()
+
+    def starts_late() -> None:
+        started.set()
+        assert finish.wait(10)
+
+    with forkwait.trace() as tr:
+        blocker = fork(release.wait, 10)
+        late = fork(starts_late)
+    release.set()
+    assert started.wait(10)
+    slices = [e for e in tr.to_chrome_trace()["traceEvents"] if e.get("ph") == "X"]
+    finish.set()
+    wait(blocker)
+    wait(late)
+    assert len(slices) == 3  # the traced code and both calls
+    assert all(event["dur"] >= 0 for event in slices), slices
+
+
 def test_nothing_is_recorded_outside_the_trace() -> None:
     with forkwait.trace() as tr:
         wait(fork(work, 1))

@@ -86,7 +86,8 @@ def chrome_trace(trace: Trace) -> dict[str, Any]:
     for call in trace.calls:
         if call.started_at is None:
             continue
-        ended = call.ended_at if call.ended_at is not None else end
+        # Still running when the trace ended: until then, or a point if it started later.
+        ended = call.ended_at if call.ended_at is not None else max(end, call.started_at)
         args = {
             "call": call.id,
             "parent": call.parent,
@@ -108,7 +109,7 @@ def chrome_trace(trace: Trace) -> dict[str, Any]:
         events.append(_flow("f", call.id, "fork", us(call.started_at), tid(call.thread)))
     flow_id = len(trace.calls) + 1
     for record in trace.waits:
-        ended = record.ended_at if record.ended_at is not None else end
+        ended = record.ended_at if record.ended_at is not None else max(end, record.started_at)
         waited = by_id.get(record.call)
         name = waited.name if waited is not None else "?"
         events.append(
