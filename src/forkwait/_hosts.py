@@ -134,6 +134,10 @@ def _forget_hosts_in_child() -> None:
     anyio_loop = _modules.get("anyio._core._eventloop")
     if anyio_loop is not None:  # an anyio worker thread's loop, see thread_host
         anyio_loop.threadlocals.__dict__.pop("current_token", None)
+    trio_threads = _modules.get("trio._threads")
+    parent: Any = getattr(trio_threads, "PARENT_TASK_DATA", None)
+    if getattr(parent, "token", None) is not None:  # a trio worker thread's run, the same
+        parent.token = None  # not deleted: trio deletes it once the thread's call returns
     sniffio = _modules.get("sniffio")
     if sniffio is not None:  # no async library runs here now (anyio asks sniffio)
         sniffio.current_async_library_cvar.set(None)
