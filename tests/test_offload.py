@@ -990,3 +990,64 @@ def test_a_scripts_function_whose_globals_cannot_travel_goes_by_name(tmp_path: P
     result = run_python(str(script), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["42", "True"]
+
+
+def test_a_worker_cut_off_by_its_forkserver_ending_is_stopped_and_its_call_fails(
+    tmp_path: Path,
+) -> None:
+    """The forkserver (the workers' parent) is killed while a worker runs a call: the
+    pool hears of an end that is not the worker's. The call fails saying so, and the
+    worker, which nothing else would stop, is stopped (it ran on, past the program)."""
+    script = tmp_path / "forkserver_killed.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os
+            import signal
+            import sys
+            import time
+
+            import psutil
+
+            import forkwait
+            from forkwait import fork, wait
+
+
+            def runs_long(started):
+                open(started, "w").close()
+                time.sleep(60)
+
+
+            if __name__ == "__main__":
+                started = sys.argv[1]
+                forkwait.configure(max_processes=1)
+                with forkwait.offload("processes"):
+                    fut = fork(runs_long, started)
+                deadline = time.monotonic() + 30
+                while not os.path.exists(started) and time.monotonic() < deadline:
+                    time.sleep(0.01)  # another process: no event to wait on
+                [server] = [
+                    p for p in psutil.Process().children()
+                    if "forkserver" in " ".join(p.cmdline())
+                ]
+                [worker] = server.children()
+                os.kill(server.pid, signal.SIGKILL)
+                try:
+                    wait(fut, timeout=30)
+                except Exception as exc:
+                    print(type(exc).__name__, "forkserver process ended" in str(exc))
+                running = True
+                deadline = time.monotonic() + 10
+                while running and time.monotonic() < deadline:  # a signal takes a moment
+                    try:
+                        running = worker.status() != psutil.STATUS_ZOMBIE
+                    except psutil.NoSuchProcess:
+                        running = False
+                    time.sleep(0.01)
+                print("worker running:", running)
+            """
+        )
+    )
+    result = run_python(str(script), str(tmp_path / "started"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["BrokenProcessPool True", "worker running: False"]

@@ -475,7 +475,11 @@ class _Run:
                 sends, starts = self._dispatch()
         self._close(worker)
         worker.process.join(_STOP_GRACE_SECONDS)
-        how = _how_it_ended(worker.process.exitcode)
+        code = worker.process.exitcode
+        if code is not None and _stopped_if_still_running(worker.process.pid):
+            how = "was cut off from the pool (its forkserver process ended) and was stopped"
+        else:
+            how = _how_it_ended(code)
         if claimed and call is not None:
             if not worker.started:
                 call.fut._set_exception(_failed_to_start(call, how))
@@ -565,6 +569,19 @@ def _tell_to_leave(worker: _Worker) -> None:
         worker.conn.send_bytes(_LEAVE)
     except OSError:
         pass  # already gone
+
+
+def _stopped_if_still_running(pid: int | None) -> bool:
+    """Kill ``pid`` if it still runs after its process was seen to end: a forkserver
+    worker whose forkserver ended (so the pool heard of an end that was not the
+    worker's), which nothing else would stop; ``True`` if it did."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)  # its forkserver reaped it if it ended: no such pid
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _how_it_ended(code: int | None) -> str:
