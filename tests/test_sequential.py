@@ -196,6 +196,32 @@ async def test_a_sync_call_waiting_on_a_coroutine_of_its_own_loop_is_told_so() -
 
 
 @pytest.mark.anyio
+async def test_a_sync_scope_in_a_sync_call_waiting_on_its_own_loop_is_told_so() -> None:
+    """The same for the scope's exit, which waits for its forks: on trio the coroutine
+    forked inside is queued for the run that the call blocks (it hung); its forks are
+    cancelled, and the call fails saying why."""
+    forked: list[forkwait.Future[int]] = []
+
+    async def later() -> int:
+        await anyio.lowlevel.checkpoint()
+        return 5
+
+    def leaves_a_scope_with_a_fork() -> None:
+        with forkwait.scope():
+            forked.append(fork(later))
+
+    with forkwait.sequential():
+        blocked = fork(leaves_a_scope_with_a_fork)
+    if not forked[0].cancelled():  # asyncio: sequential mode ran it to its end inline
+        assert await forked[0] == 5
+        assert await blocked is None
+        return
+    with pytest.raises(RuntimeError, match="cannot wait for"):
+        await blocked
+    assert forked[0].cancelled()
+
+
+@pytest.mark.anyio
 async def test_in_async_code_a_sync_call_forked_after_a_coroutine_waits_its_turn() -> None:
     """Fork order holds across both kinds: the sync call runs once the coroutine forked
     before it has finished (so it may even wait for it), in the forking thread."""

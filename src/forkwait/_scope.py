@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ._callables import describe
 from ._future import owes_failure
 from ._hooks import Observer, current_observer, install
-from ._hosts import Slot, current_host, take
+from ._hosts import Slot, current_host, take, thread_state
 from ._state import QUEUED, RUNNING
 
 if TYPE_CHECKING:
@@ -247,6 +247,8 @@ class Scope(Observer):
         # A wait in the body that a cancellation interrupted (or a wait for a cancelled
         # fork) is no error of the body's: it goes on as it is, or ends here.
         cancelled = isinstance(exc, CancelledError)
+        if thread_state.hidden_host is not None:  # sequential mode: see there
+            self._refuse_waiting_on_the_hidden_loop()
         try:
             while (settling := self._settling()) is not None:
                 settling.wait()
@@ -267,6 +269,19 @@ class Scope(Observer):
             # too: then it goes on to that one, as with trio's and anyio's cancel scopes.
             return own_cancel and not (outer is not None and outer.interrupted())
         return self._raise(exc)
+
+    def _refuse_waiting_on_the_hidden_loop(self) -> None:
+        """Sequential mode, in a sync call run in a loop's thread: a fork of the scope
+        that this very loop has yet to run would keep the exit waiting for good; cancel
+        the forks and raise, as a ``wait`` for it does."""
+        from ._threads import refuse_waiting_on_the_hidden_loop
+
+        for fut in list(self._futures):
+            try:
+                refuse_waiting_on_the_hidden_loop(fut)
+            except RuntimeError:
+                self.cancel()
+                raise
 
     async def __aenter__(self) -> Scope:
         import anyio

@@ -602,7 +602,7 @@ def block_until_done(
         block(fut, timeout)
     else:
         if thread_state.hidden_host is not None:  # sequential mode, see there
-            _refuse_waiting_on_the_hidden_loop(fut)
+            refuse_waiting_on_the_hidden_loop(fut)
         block_interruptibly(fut, timeout, observer)
 
 
@@ -919,7 +919,7 @@ def _wait_for_member(member: Future[Any], collected: Future[Any]) -> None:
             worker.unblocked(in_a_call)
 
 
-def _refuse_waiting_on_the_hidden_loop(fut: Future[Any]) -> None:
+def refuse_waiting_on_the_hidden_loop(fut: Future[Any]) -> None:
     """Sequential mode: a sync call that runs inline in a loop's thread cannot wait for a
     coroutine that this very loop must run; say so, instead of hanging."""
     host = thread_state.hidden_host
