@@ -1051,3 +1051,32 @@ def test_a_worker_cut_off_by_its_forkserver_ending_is_stopped_and_its_call_fails
     result = run_python(str(script), str(tmp_path / "started"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["BrokenProcessPool True", "worker running: False"]
+
+
+def test_under_python_c_a_function_whose_globals_cannot_travel_fails_at_fork() -> None:
+    """No file to import the script from: by name it would fail in the worker, so fork
+    says what cannot be pickled, as ever."""
+    result = run_script(
+        """
+        import threading
+
+        import forkwait
+        from forkwait import fork
+
+        LOCK = threading.Lock()
+
+
+        def double(x):
+            with LOCK:
+                return x * 2
+
+
+        with forkwait.offload("processes"):
+            try:
+                fork(double, 21)
+            except TypeError as exc:
+                print("TypeError", "cannot be pickled" in str(exc))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["TypeError", "True"]

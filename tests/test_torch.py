@@ -904,6 +904,65 @@ def test_a_call_that_leaves_a_mode_does_not_leave_it_to_the_next_call(max_thread
     assert second[1:] == ((0, 0, False), "cpu")
 
 
+def test_a_call_forked_under_no_grad_that_leaves_a_mode_does_not_pass_it_on(
+    max_threads: Any,
+) -> None:
+    """The same when the forker was not fresh (the call runs under its no_grad())."""
+    max_threads(1)
+    with torch.no_grad():
+        first = in_worker(lambda: (threading.get_ident(), leaves_a_device_context()))
+    second = in_worker(lambda: (threading.get_ident(), mode_stacks(), device_made()))
+    assert first[0] == second[0], "expected one worker thread to run both calls"
+    assert second[1:] == ((0, 0, False), "cpu")
+
+
+def test_a_call_forked_under_no_grad_leaves_no_mode_to_its_inline_waiter(
+    max_threads: Any,
+) -> None:
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)
+    with torch.no_grad():
+        fut = fork(lambda: (threading.get_ident(), leaves_a_device_context()))
+        ident, _ = wait(fut)
+        after = mode_stacks()
+    release.set()
+    assert wait(blocker) is True
+    assert ident == threading.get_ident(), "expected the waiter to run the call inline"
+    assert after == (0, 0, False)
+
+
+def test_a_waiter_with_saved_tensor_hooks_disabled_runs_a_call_forked_under_hooks(
+    max_threads: Any,
+) -> None:
+    """torch.func's transforms disable the hooks in their thread: a call forked under
+    hooks, run inline there, runs with the forker's hooks, and the waiter's stay off."""
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)
+    packed: list[torch.Size] = []
+
+    def pack(tensor: Tensor) -> Tensor:
+        packed.append(tensor.shape)
+        return tensor
+
+    def saves_a_tensor() -> int:
+        x = torch.ones(2, requires_grad=True)
+        (x * x).sum()
+        return threading.get_ident()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fut = fork(saves_a_tensor)
+    with torch.autograd.graph.disable_saved_tensors_hooks("off in this test"):
+        ident = wait(fut)
+        still_off = not torch._C._autograd._saved_tensors_hooks_is_enabled()
+    release.set()
+    assert wait(blocker) is True
+    assert ident == threading.get_ident(), "expected the waiter to run the call inline"
+    assert still_off
+    assert packed == [torch.Size([2]), torch.Size([2])]  # x, twice, for x * x
+
+
 def test_a_call_that_leaves_a_mode_does_not_leave_it_to_its_inline_waiter(
     max_threads: Any,
 ) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import os
 import pickle
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -44,12 +45,18 @@ def _dumps(obj: object, imports_main: bool = False) -> bytes:
         try:
             return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
         except Exception:
-            if packed is None or not imports_main:
+            if packed is None or not imports_main or not _main_has_a_file():
                 raise
         # By value it does not go (a script's function that uses a lock among the
         # script's globals): by name then, as a process pool sends it. The worker
         # imports the script, which has it unless it is defined under the main guard.
     return packed
+
+
+def _main_has_a_file() -> bool:
+    """Whether workers can import ``__main__`` (a script's file): not under ``python -c``,
+    a REPL or a notebook."""
+    return getattr(sys.modules.get("__main__"), "__file__", None) is not None
 
 
 def pack_call(

@@ -476,7 +476,13 @@ class _Run:
         self._close(worker)
         worker.process.join(_STOP_GRACE_SECONDS)
         code = worker.process.exitcode
-        if code is not None and _stopped_if_still_running(worker.process.pid):
+        # A forkserver worker's end comes from its forkserver: 255 when the forkserver
+        # itself ended, which leaves the worker running.
+        if (
+            code == 255
+            and type(worker.process).__name__ == "ForkServerProcess"
+            and _stopped_if_still_running(worker.process.pid)
+        ):
             how = "was cut off from the pool (its forkserver process ended) and was stopped"
         else:
             how = _how_it_ended(code)

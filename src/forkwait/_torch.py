@@ -56,7 +56,7 @@ class Modes:
     """A thread's torch function modes, dispatch modes (each stack from the bottom) and
     the saved-tensor hooks that pack tensors (the top pair: only it is used)."""
 
-    __slots__ = ("dispatch", "function", "hidden_hooks", "hooks")
+    __slots__ = ("dispatch", "function", "hidden_hooks", "hooks", "hooks_disabled")
 
     def __init__(
         self, function: tuple[Any, ...], dispatch: tuple[Any, ...], hooks: tuple[Any, Any] | None
@@ -67,6 +67,9 @@ class Modes:
         #: Below the top pair, bottom first: only those popped to be put back (see
         #: _take_modes); the top pair alone packs tensors.
         self.hidden_hooks: tuple[tuple[Any, Any], ...] = ()
+        #: The message of ``disable_saved_tensors_hooks`` (torch.func's transforms use
+        #: it) if the thread had them disabled: only a thread's own, taken to be put back.
+        self.hooks_disabled: str | None = None
 
     def __repr__(self) -> str:
         return f"Modes(function={self.function}, dispatch={self.dispatch}, hooks={self.hooks})"
@@ -231,8 +234,19 @@ def is_fresh() -> bool:
 
 
 def _has_modes() -> bool:
-    """Whether this thread has a torch function mode, a dispatch mode or saved-tensor hooks."""
-    return bool(_function_modes() or _dispatch_modes()) or _saved_hooks() is not None
+    """Whether this thread has a torch function mode, a dispatch mode or saved-tensor
+    hooks, or has those hooks disabled."""
+    return (
+        bool(_function_modes() or _dispatch_modes())
+        or _saved_hooks() is not None
+        or not _hooks_enabled()
+    )
+
+
+def _hooks_enabled() -> bool:
+    autograd: Any = getattr(_modules["torch"]._C, "_autograd", None)
+    enabled = getattr(autograd, "_saved_tensors_hooks_is_enabled", None)
+    return True if enabled is None else bool(enabled())
 
 
 def _capture_modes(torch_c: Any) -> Modes | None:
@@ -330,6 +344,9 @@ def _take_modes(torch_c: Any) -> Modes | None:
     modes = Modes(tuple(reversed(function)), tuple(reversed(dispatch)), None)
     modes.hooks = hooks[0] if hooks else None
     modes.hidden_hooks = tuple(reversed(hooks[1:]))
+    if not _hooks_enabled():  # enabled while it is taken: the forker's may be pushed
+        modes.hooks_disabled = torch_c._autograd._saved_tensors_hooks_get_disabled_error_message()
+        torch_c._autograd._saved_tensors_hooks_enable()
     return modes
 
 
@@ -343,6 +360,8 @@ def _put_modes(torch_c: Any, modes: Modes | None) -> None:
         torch_c._push_on_torch_dispatch_stack(mode)
     for pack, unpack in (*modes.hidden_hooks, *((modes.hooks,) if modes.hooks else ())):
         torch_c._autograd._push_saved_tensors_default_hooks(pack, unpack)
+    if modes.hooks_disabled is not None:
+        torch_c._autograd._saved_tensors_hooks_disable(modes.hooks_disabled)
 
 
 def _autocast_off(torch: Any) -> None:
@@ -366,7 +385,11 @@ class InState:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         torch: Any = _modules["torch"]
         if self.state.modes is None and not _has_modes():
-            return self._call(torch, args, kwargs)
+            try:
+                return self._call(torch, args, kwargs)
+            finally:
+                if _has_modes():  # the call left one pushed: not to the next call
+                    _take_modes(torch._C)
         # The forker's modes, and none of this thread's (a waiter's, running it inline).
         own = _take_modes(torch._C)
         _put_modes(torch._C, self.state.modes)
