@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from typing import Any
 
 import pytest
 
-from forkwait import fork, wait, wait_all
+import forkwait
+from forkwait import Future, fork, wait, wait_all
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,6 +42,32 @@ def test_fib_completes_with_a_single_thread(max_threads: Any) -> None:
     """Even a limit of one thread cannot be starved."""
     max_threads(1)
     assert fib(12) == 144
+
+
+def fib_through(join: str, n: int, threads: set[int]) -> int:
+    """fib, each level joining its children through ``then()``, or ``collect_all``."""
+    threads.add(threading.get_ident())
+    if n < 2:
+        return n
+    left, right = fork(fib_through, join, n - 1, threads), fork(fib_through, join, n - 2, threads)
+    if join == "then":
+        return int(left.then(Future.value).wait()) + int(right.then(Future.value).wait())
+    done = forkwait.collect_all([left, right]).wait()
+    return int(done[0].value()) + int(done[1].value())
+
+
+@pytest.mark.parametrize("join", ["then", "collect_all", "collect_all in a trace"])
+def test_fib_joined_through_then_or_collect_all_runs_queued_calls_in_the_waiter(
+    max_threads: Any, join: str
+) -> None:
+    """A wait for a then() future or for collect_all runs what it follows, still queued,
+    in the waiting thread (rule 1), as a wait for the call itself does; inside a trace
+    too. Each blocked level started a thread instead: hundreds for fib(14)."""
+    max_threads(2)
+    threads: set[int] = set()
+    with forkwait.trace() if join.endswith("trace") else contextlib.nullcontext():
+        assert fib_through(join.split()[0], 14, threads) == 377
+    assert len(threads) <= 2 + 1 + 2  # the workers, this thread, and a few on the margin
 
 
 def test_fib_forked_from_a_worker_thread(max_threads: Any) -> None:

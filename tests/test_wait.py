@@ -390,3 +390,52 @@ def test_a_future_cannot_be_pickled_or_copied(copy_it: Any) -> None:
         copy_it(fut)
     gate.set()
     assert wait(fut) == 1
+
+
+@pytest.mark.parametrize("how", ["wait", "wait_all"])
+def test_an_async_wait_whose_call_finishes_as_it_times_out_gets_the_value(how: str) -> None:
+    """The call finishes in the loop step in which the deadline fires: as for a sync wait,
+    that is not a timeout (the value was lost, for an empty TimeoutError)."""
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        outcomes: list[object] = []
+        for _ in range(20):
+            gate = loop.create_future()
+
+            async def finishes_at_the_gate(gate: asyncio.Future[None] = gate) -> int:
+                await gate
+                return 1
+
+            fut = fork(finishes_at_the_gate)
+            await asyncio.sleep(0)  # it waits at the gate
+            when = loop.time() + 0.01
+            loop.call_at(when, gate.set_result, None)  # before the deadline, in one step
+            limit = when - loop.time()
+            try:
+                if how == "wait":
+                    outcomes.append(await wait(fut, timeout=limit))
+                else:
+                    outcomes.append(await wait_all([fut], timeout=limit))
+            except TimeoutError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    expected = 1 if how == "wait" else [1]
+    assert asyncio.run(main()) == [expected] * 20
+
+
+def test_an_async_wait_all_that_times_out_names_the_first_unfinished_call() -> None:
+    release = threading.Event()
+
+    async def main() -> None:
+        done = fork(lambda: 1)
+        assert await done == 1
+        pending = fork(release.wait, 10)
+        with pytest.raises(TimeoutError, match=r"gave up after 0\.05 seconds: .*Event\.wait"):
+            await wait_all([done, pending], timeout=0.05)
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()

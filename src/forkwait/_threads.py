@@ -39,6 +39,7 @@ from ._compiled import running_loop
 from ._config import settings
 from ._hosts import (
     LOOK_AGAIN_SECONDS,
+    After,
     Host,
     HostedTask,
     Members,
@@ -721,6 +722,8 @@ def block(fut: Future[Any], timeout: float | None) -> None:
                     break
                 if member._state < DONE:
                     _wait_for_member(member, fut)
+        elif isinstance(handle, After):  # a then() callback: its queued parent runs here
+            run_queued(list(handle.after))
     refuse_hopeless_wait(fut)
     waiter = allocate_lock()
     waiter.acquire()
@@ -827,14 +830,14 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
     if observer.interrupted():
         raise _scope_cancelled(fut)
     handle: Any = fut._handle
-    if (
-        timeout is None
-        and fut._state == QUEUED
-        and type(handle) is list
-        and run_inline(fut)
-        and fut._state >= DONE
-    ):
-        return
+    if timeout is None and fut._state == QUEUED:
+        if type(handle) is list:
+            if run_inline(fut) and fut._state >= DONE:
+                return
+        elif isinstance(handle, After):  # collect_all's members, a then() parent: rule 1
+            run_queued(list(handle.after))
+            if fut._state >= DONE:
+                return
     refuse_hopeless_wait(fut)
     wake = _WakeOnce()
     if not fut._add_waiter(wake):

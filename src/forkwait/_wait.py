@@ -13,7 +13,7 @@ from ._compiled import running_loop
 from ._future import Future, new_future, observed_wait
 from ._hooks import get_observer
 from ._hosts import Members, take, trio_token
-from ._state import DONE, QUEUED, RUNNING
+from ._state import DONE, FAILED, QUEUED, RUNNING
 from ._threads import block, interrupted_here, run_inline, run_queued, seconds
 
 T = TypeVar("T")
@@ -151,12 +151,20 @@ async def _with_timeout(future: Future[T], limit: float) -> T:
     try:
         with anyio.fail_after(limit):
             return await future
-    except TimeoutError:
-        if future.done():
+    except TimeoutError as exc:
+        if _raised_by(future, exc):
             raise  # the call's own
-        raise TimeoutError(
-            f"{future!r} did not finish within {limit} seconds; it keeps running"
-        ) from None
+        if not future.done():
+            raise TimeoutError(
+                f"{future!r} did not finish within {limit} seconds; it keeps running"
+            ) from None
+    # It finished as the wait timed out: not a timeout (as for a sync wait).
+    return future._outcome()
+
+
+def _raised_by(future: Future[Any], exc: BaseException) -> bool:
+    """Whether ``exc`` is ``future``'s own failure, not the deadline's."""
+    return future._state == FAILED and future._value is exc
 
 
 def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list[T]:
@@ -193,17 +201,22 @@ def wait_all(futures: Iterable[Future[T]], timeout: float | None = None) -> list
             return [await fut for fut in futs]
         import anyio
 
-        waiting_on = futs[0] if futs else None
+        values: list[T] = []
         try:
             with anyio.fail_after(timeout):
-                values: list[T] = []
-                for waiting_on in futs:
-                    values.append(await waiting_on)
+                for fut in futs:
+                    values.append(await fut)
                 return values
-        except TimeoutError:
-            if waiting_on is None or waiting_on.done():
+        except TimeoutError as exc:
+            if len(values) < len(futs) and _raised_by(futs[len(values)], exc):
                 raise  # the call's own
-            raise _gave_up(waiting_on, timeout) from None
+        # The deadline came before the rest were done, or as the one awaited finished
+        # (not a timeout, as for a sync wait): those done give their outcomes.
+        for fut in futs[len(values) :]:
+            if not fut.done():
+                raise _gave_up(fut, timeout)
+            values.append(fut._outcome())
+        return values
 
     return _Waiting(gather(), "forkwait.wait_all(futures)", _caller())  # type: ignore[return-value]
 
