@@ -82,7 +82,7 @@ FRESH = TorchState(grad=True, inference=False, autocast=(), autocast_cache=True,
 def _load_probes() -> bool:
     """Look up torch's checks once torch is usable; then run the grad check."""
     global _grad_enabled, _inference, _any_autocast, _mps_autocast_off, _maia_autocast_off
-    global _cuda_initialized, _function_modes, _dispatch_modes, _saved_hooks
+    global _cuda_initialized, _function_modes, _dispatch_modes, _saved_hooks, _hooks_enabled
     torch: Any = _modules["torch"]
     try:  # all looked up before any is used: a half-imported torch changes nothing
         probes = (
@@ -98,6 +98,7 @@ def _load_probes() -> bool:
         return True
     _inference, _any_autocast, _mps_autocast_off, _maia_autocast_off = probes[1:5]
     _cuda_initialized, _function_modes, _dispatch_modes, _saved_hooks = probes[5:9]
+    _hooks_enabled = probes[9]
     _grad_enabled = probes[0]
     never_awaitable.add(torch.Tensor)
     return _grad_enabled()
@@ -113,17 +114,21 @@ def _none() -> None:
 
 def _mode_probes(
     torch_c: Any,
-) -> tuple[Callable[[], int], Callable[[], int], Callable[[], tuple[Any, Any] | None]]:
-    """How many torch function modes and dispatch modes this thread has, and its top
-    saved-tensor hooks; on a torch without them (private API), none."""
+) -> tuple[
+    Callable[[], int], Callable[[], int], Callable[[], tuple[Any, Any] | None], Callable[[], bool]
+]:
+    """How many torch function modes and dispatch modes this thread has, its top
+    saved-tensor hooks, and whether those are enabled; on a torch without them (private
+    API), none."""
     try:
         return (
             torch_c._len_torch_function_stack,
             torch_c._len_torch_dispatch_stack,
             functools.partial(torch_c._autograd._top_saved_tensors_default_hooks, False),
+            torch_c._autograd._saved_tensors_hooks_is_enabled,
         )
     except AttributeError:
-        return (_off, _off, _none)
+        return (_off, _off, _none, _on)
 
 
 def _on() -> bool:
@@ -181,6 +186,7 @@ _cuda_initialized: Callable[[], bool] = _off
 _function_modes: Callable[[], int] = _off
 _dispatch_modes: Callable[[], int] = _off
 _saved_hooks: Callable[[], tuple[Any, Any] | None] = _none
+_hooks_enabled: Callable[[], bool] = _on
 
 
 #: How many wrappers is_module_call looks through: one per scope or trace around the
@@ -241,12 +247,6 @@ def _has_modes() -> bool:
         or _saved_hooks() is not None
         or not _hooks_enabled()
     )
-
-
-def _hooks_enabled() -> bool:
-    autograd: Any = getattr(_modules["torch"]._C, "_autograd", None)
-    enabled = getattr(autograd, "_saved_tensors_hooks_is_enabled", None)
-    return True if enabled is None else bool(enabled())
 
 
 def _capture_modes(torch_c: Any) -> Modes | None:
