@@ -4,6 +4,7 @@ nothing hung, every future done exactly once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -601,6 +602,27 @@ def test_ctrl_c_in_a_call_wait_all_runs_inline_stops_the_wait_at_once(max_thread
         second = fork(interrupted)  # queued: the one worker is busy, so it runs here
         with pytest.raises(KeyboardInterrupt):
             forkwait.wait_all([first, second])
+        assert not first.done()
+    finally:
+        release.set()
+    assert wait(first) is None
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_ctrl_c_in_a_then_parent_its_waiter_runs_stops_the_wait(
+    max_threads: Any, observed: bool
+) -> None:
+    """A wait for a then() future runs the queued parent here: a Ctrl-C in it is this
+    thread's own and stops the wait, as it did when a worker ran the parent and this
+    thread got the signal; not only to the callback, which may ignore it."""
+    max_threads(1)
+    held = OneWorkerHeld()
+    first, release = held.first, held.release
+    try:
+        with forkwait.trace() if observed else contextlib.nullcontext():
+            child = fork(interrupted).then(lambda _: "the callback ignores it")
+            with pytest.raises(KeyboardInterrupt):
+                wait(child)
         assert not first.done()
     finally:
         release.set()

@@ -963,6 +963,31 @@ def test_a_waiter_with_saved_tensor_hooks_disabled_runs_a_call_forked_under_hook
     assert packed == [torch.Size([2]), torch.Size([2])]  # x, twice, for x * x
 
 
+def test_a_waiter_with_saved_tensor_hooks_disabled_runs_a_fresh_call_that_uses_hooks(
+    max_threads: Any,
+) -> None:
+    """Forked from a fresh state, the call runs with the hooks enabled, as in a worker,
+    though the waiter running it has them disabled."""
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)
+
+    def uses_hooks() -> int:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            x = torch.ones(2, requires_grad=True)
+            (x * x).sum()
+        return threading.get_ident()
+
+    fut = fork(uses_hooks)
+    with torch.autograd.graph.disable_saved_tensors_hooks("off in this test"):
+        ident = wait(fut)
+        still_off = not torch._C._autograd._saved_tensors_hooks_is_enabled()
+    release.set()
+    assert wait(blocker) is True
+    assert ident == threading.get_ident(), "expected the waiter to run the call inline"
+    assert still_off
+
+
 def test_a_call_that_leaves_a_mode_does_not_leave_it_to_its_inline_waiter(
     max_threads: Any,
 ) -> None:

@@ -701,6 +701,15 @@ def run_queued(futs: list[Future[Any]]) -> Future[Any] | None:
     return None
 
 
+def _run_queued_or_stop(futs: list[Future[Any]]) -> None:
+    """``run_queued`` for a ``then()`` parent; a Ctrl-C in it raises here, as it would
+    have in this thread blocked while a worker ran it, not only to the callback (which
+    may ignore it). ``collect_all`` hands it back as the member's outcome instead."""
+    ran = run_queued(futs)
+    if ran is not None and interrupted_here(ran):
+        ran.result()
+
+
 def block(fut: Future[Any], timeout: float | None) -> None:
     """``block_until_done`` for a caller that knows no loop runs in this thread."""
     if timeout is None and fut._state == QUEUED:
@@ -716,14 +725,14 @@ def block(fut: Future[Any], timeout: float | None) -> None:
                 members = cast("list[Future[Any]]", handle[0])
             except IndexError:  # it finished (or was cancelled) just now
                 members = []
-            run_queued(members)
+            run_queued(members)  # a Ctrl-C in one is its outcome: collect_all hands it back
             for member in members:
                 if fut._state >= DONE:  # cancelled meanwhile: no need to wait for the rest
                     break
                 if member._state < DONE:
                     _wait_for_member(member, fut)
         elif isinstance(handle, After):  # a then() callback: its queued parent runs here
-            run_queued(list(handle.after))
+            _run_queued_or_stop(list(handle.after))
     refuse_hopeless_wait(fut)
     waiter = allocate_lock()
     waiter.acquire()
@@ -835,7 +844,10 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
             if run_inline(fut) and fut._state >= DONE:
                 return
         elif isinstance(handle, After):  # collect_all's members, a then() parent: rule 1
-            run_queued(list(handle.after))
+            if isinstance(handle, Members):
+                run_queued(list(handle.after))  # as block() does
+            else:
+                _run_queued_or_stop(list(handle.after))
             if fut._state >= DONE:
                 return
     refuse_hopeless_wait(fut)

@@ -309,9 +309,9 @@ def bind_inline(func: Callable[..., Any]) -> Callable[..., Any]:
     A call that ``bind`` left alone was forked from a fresh state; run inline in a thread
     that is not fresh (a waiter inside ``no_grad()``), it needs that state put back.
     """
-    if type(func) is InState or is_fresh():
+    if type(func) is InState or (is_fresh() and _hooks_enabled()):
         return func
-    return InState(FRESH, func)
+    return InState(FRESH, func)  # also for a waiter with saved-tensor hooks disabled
 
 
 def clean_up(func: Callable[..., Any]) -> None:
