@@ -811,6 +811,26 @@ class OpsSeen(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class PackedShapes(list[torch.Size]):
+    """A saved-tensor pack hook that notes the shape of each tensor it packs."""
+
+    def __call__(self, tensor: Tensor) -> Tensor:
+        self.append(tensor.shape)
+        return tensor
+
+
+@pytest.fixture
+def only_worker_held(max_threads: Any) -> Iterator[None]:
+    """One worker thread, held busy: a call forked meanwhile stays queued, so that its
+    waiter runs it inline."""
+    max_threads(1)
+    release = threading.Event()
+    blocker = fork(release.wait, 10)
+    yield
+    release.set()
+    assert wait(blocker) is True
+
+
 def test_a_torch_device_context_applies_in_the_worker() -> None:
     with torch.device("meta"):
         assert in_worker(device_made) == "meta"
@@ -849,11 +869,7 @@ def test_fake_tensor_mode_applies_in_the_worker() -> None:
 
 
 def test_saved_tensor_hooks_pack_what_a_forked_call_saves() -> None:
-    packed: list[torch.Size] = []
-
-    def pack(tensor: Tensor) -> Tensor:
-        packed.append(tensor.shape)
-        return tensor
+    packed = PackedShapes()
 
     def backward_through_a_product() -> Tensor:
         x = torch.ones(3, requires_grad=True)
@@ -861,7 +877,7 @@ def test_saved_tensor_hooks_pack_what_a_forked_call_saves() -> None:
         assert x.grad is not None
         return x.grad
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(packed, lambda tensor: tensor):
         grad = in_worker(backward_through_a_product)
     torch.testing.assert_close(grad, torch.full((3,), 2.0))
     assert packed == [torch.Size([3]), torch.Size([3])]  # x, twice, for x * x
@@ -872,18 +888,14 @@ def test_modes_carry_through_nested_forks() -> None:
         assert in_worker(lambda: in_worker(device_made)) == "meta"
 
 
-def test_a_call_run_inline_by_a_waiter_with_modes_runs_without_them(max_threads: Any) -> None:
+@pytest.mark.usefixtures("only_worker_held")
+def test_a_call_run_inline_by_a_waiter_with_modes_runs_without_them() -> None:
     """A waiter under a device context and a dispatch mode that runs a queued call itself
     runs it as it was forked, without either, and has both back afterwards."""
-    max_threads(1)
-    release = threading.Event()
-    blocker = fork(release.wait, 10)  # holds the only worker, so the next call stays queued
     fut = fork(lambda: (threading.get_ident(), device_made(), mode_stacks()))
     with torch.device("meta"), OpsSeen() as seen:
         ident, device, stacks = wait(fut)
         after = (device_made(), mode_stacks())
-    release.set()
-    assert wait(blocker) is True
     assert ident == threading.get_ident(), "expected the waiter to run the call inline"
     assert (device, stacks) == ("cpu", (0, 0, False))
     assert after == ("meta", (1, 1, False))
@@ -916,89 +928,50 @@ def test_a_call_forked_under_no_grad_that_leaves_a_mode_does_not_pass_it_on(
     assert second[1:] == ((0, 0, False), "cpu")
 
 
-def test_a_call_forked_under_no_grad_leaves_no_mode_to_its_inline_waiter(
-    max_threads: Any,
-) -> None:
-    max_threads(1)
-    release = threading.Event()
-    blocker = fork(release.wait, 10)
+@pytest.mark.usefixtures("only_worker_held")
+def test_a_call_forked_under_no_grad_leaves_no_mode_to_its_inline_waiter() -> None:
     with torch.no_grad():
         fut = fork(lambda: (threading.get_ident(), leaves_a_device_context()))
         ident, _ = wait(fut)
         after = mode_stacks()
-    release.set()
-    assert wait(blocker) is True
     assert ident == threading.get_ident(), "expected the waiter to run the call inline"
     assert after == (0, 0, False)
 
 
-def test_a_waiter_with_saved_tensor_hooks_disabled_runs_a_call_forked_under_hooks(
-    max_threads: Any,
-) -> None:
+@pytest.mark.usefixtures("only_worker_held")
+@pytest.mark.parametrize("hooks_of", ["the forker", "the call"])
+def test_a_waiter_with_saved_tensor_hooks_disabled_runs_a_call_with_hooks(hooks_of: str) -> None:
     """torch.func's transforms disable the hooks in their thread: a call forked under
-    hooks, run inline there, runs with the forker's hooks, and the waiter's stay off."""
-    max_threads(1)
-    release = threading.Event()
-    blocker = fork(release.wait, 10)
-    packed: list[torch.Size] = []
+    hooks, or forked from a fresh state and using hooks itself, run inline there, runs
+    with them enabled, as in a worker, and the waiter's stay off."""
+    packed = PackedShapes()
 
-    def pack(tensor: Tensor) -> Tensor:
-        packed.append(tensor.shape)
-        return tensor
+    def hooks(of: str) -> contextlib.AbstractContextManager[object]:
+        if of != hooks_of:
+            return contextlib.nullcontext()
+        return torch.autograd.graph.saved_tensors_hooks(packed, lambda tensor: tensor)
 
     def saves_a_tensor() -> int:
-        x = torch.ones(2, requires_grad=True)
-        (x * x).sum()
+        with hooks("the call"):
+            x = torch.ones(2, requires_grad=True)
+            (x * x).sum()
         return threading.get_ident()
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with hooks("the forker"):
         fut = fork(saves_a_tensor)
     with torch.autograd.graph.disable_saved_tensors_hooks("off in this test"):
         ident = wait(fut)
         still_off = not torch._C._autograd._saved_tensors_hooks_is_enabled()
-    release.set()
-    assert wait(blocker) is True
     assert ident == threading.get_ident(), "expected the waiter to run the call inline"
     assert still_off
     assert packed == [torch.Size([2]), torch.Size([2])]  # x, twice, for x * x
 
 
-def test_a_waiter_with_saved_tensor_hooks_disabled_runs_a_fresh_call_that_uses_hooks(
-    max_threads: Any,
-) -> None:
-    """Forked from a fresh state, the call runs with the hooks enabled, as in a worker,
-    though the waiter running it has them disabled."""
-    max_threads(1)
-    release = threading.Event()
-    blocker = fork(release.wait, 10)
-
-    def uses_hooks() -> int:
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            x = torch.ones(2, requires_grad=True)
-            (x * x).sum()
-        return threading.get_ident()
-
-    fut = fork(uses_hooks)
-    with torch.autograd.graph.disable_saved_tensors_hooks("off in this test"):
-        ident = wait(fut)
-        still_off = not torch._C._autograd._saved_tensors_hooks_is_enabled()
-    release.set()
-    assert wait(blocker) is True
-    assert ident == threading.get_ident(), "expected the waiter to run the call inline"
-    assert still_off
-
-
-def test_a_call_that_leaves_a_mode_does_not_leave_it_to_its_inline_waiter(
-    max_threads: Any,
-) -> None:
-    max_threads(1)
-    release = threading.Event()
-    blocker = fork(release.wait, 10)
+@pytest.mark.usefixtures("only_worker_held")
+def test_a_call_that_leaves_a_mode_does_not_leave_it_to_its_inline_waiter() -> None:
     fut = fork(lambda: (threading.get_ident(), leaves_a_device_context()))
     ident, inside = wait(fut)
     after = mode_stacks()
-    release.set()
-    assert wait(blocker) is True
     assert ident == threading.get_ident(), "expected the waiter to run the call inline"
     assert (inside, after) == ((1, 0, False), (0, 0, False))
 
