@@ -211,6 +211,43 @@ def test_configure_offload_to_the_cluster(client: Client) -> None:
         forkwait.configure(offload="threads")
 
 
+def test_what_configure_reports_can_be_configured_again(client: Client) -> None:
+    """configure() names a cluster target "dask <address>": that goes back in as is."""
+    forkwait.configure(offload=client)
+    try:
+        saved = forkwait.configure()
+        forkwait.configure(offload="threads")
+        forkwait.configure(offload=saved.offload)
+        assert forkwait.configure().offload == saved.offload
+        pid, _ = wait(fork(pid_and_square, 1), timeout=60)
+        assert pid != os.getpid()
+    finally:
+        forkwait.configure(offload="threads")
+
+
+def test_an_apps_subclass_of_client_is_a_target(client: Client) -> None:
+    class AppClient(Client):  # type: ignore[misc]
+        pass
+
+    with AppClient(client.scheduler.address, set_as_default=False) as app_client:
+        with forkwait.offload(app_client):
+            fut = fork(pid_and_square, 3)
+        assert wait(fut, timeout=60)[1] == 9
+
+
+@pytest.mark.parametrize("address", ["nosuchscheme://127.0.0.1:1", "tcp://not an address"])
+def test_a_bad_scheduler_address_names_the_option_it_was_given_to(address: str) -> None:
+    with pytest.raises(ValueError, match=r"^configure\(offload=\.\.\.\) could not reach a Dask"):
+        forkwait.configure(offload=address)
+    with pytest.raises(ValueError, match=r"^forkwait\.offload\(\) could not reach a Dask"):
+        forkwait.offload(address).__enter__()
+
+
+def test_configure_checks_the_loop_before_it_reaches_for_a_scheduler() -> None:
+    with pytest.raises(ValueError, match="must be"):
+        forkwait.configure(offload="tcp://127.0.0.1:1", loop="trio")  # type: ignore[arg-type]
+
+
 def test_scopes_and_traces_see_cluster_calls(client: Client) -> None:
     with (  # noqa: PT012
         forkwait.trace() as tr,

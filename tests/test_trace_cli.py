@@ -49,6 +49,18 @@ def test_the_script_runs_as_itself_and_its_trace_is_written(tmp_path: Path, suff
         assert "double" in written
 
 
+@pytest.mark.parametrize("output", ["--output=out.json", "-o=out.json"])
+def test_the_output_option_with_an_equals_sign_may_come_after_the_script(
+    tmp_path: Path, output: str
+) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    traced = run("-m", "forkwait", "trace", str(script), "a", output, cwd=tmp_path)
+    assert traced.returncode == 3, traced.stderr
+    assert traced.stdout == "args: ['a']\nvalue: 42\n"
+    assert "traceEvents" in json.loads((tmp_path / "out.json").read_text())
+
+
 def test_an_uncaught_exception_still_leaves_its_trace(tmp_path: Path) -> None:
     script = tmp_path / "fails.py"
     script.write_text(

@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     output: str | None = options.output
     if output is None and len(args) >= 2 and args[-2] in ("-o", "--output"):
         output, args = args[-1], args[:-2]
+    elif output is None and args and args[-1].startswith(("-o=", "--output=")):
+        output, args = args[-1].split("=", 1)[1], args[:-1]  # -o=FILE after the script
     if output is None:
         parser.error("trace needs -o OUTPUT.html or -o OUTPUT.json")
     target = Path(output)

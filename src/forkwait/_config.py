@@ -107,11 +107,6 @@ def configure(
         max_threads = _count(max_threads, "max_threads", "threads")
     if max_processes is not None:
         max_processes = _count(max_processes, "max_processes", "processes")
-    target: Target | None = None
-    if offload is not None:
-        from ._offload import target_for
-
-        target = target_for(offload, "configure(offload=...)")
     if loop is not None:
         if loop not in ("asyncio", "uvloop"):
             raise ValueError(f'configure(loop=...) must be "asyncio" or "uvloop", got {loop!r}')
@@ -120,6 +115,11 @@ def configure(
                 'configure(loop="uvloop") needs uvloop, which is not installed here; '
                 'install it (pip install uvloop) or pass loop="asyncio"'
             )
+    target: Target | None = None
+    if offload is not None:  # last: a scheduler address may take seconds to reach
+        from ._offload import target_for
+
+        target = target_for(offload, "configure(offload=...)")
     # Imported here, not at the top: the runtime and the pool import this module.
     from ._runtime import runtime
     from ._threads import all_pools

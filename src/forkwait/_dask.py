@@ -146,18 +146,18 @@ _clusters: weakref.WeakValueDictionary[int, Cluster] = weakref.WeakValueDictiona
 _by_address: dict[str, Cluster] = {}
 
 
-def cluster_of(client: Any) -> Cluster:
-    """The target for an app's own ``distributed.Client``."""
+def cluster_of(client: Any, api: str = "forkwait.offload()") -> Cluster:
+    """The target for an app's own ``distributed.Client``; ``api`` names the caller."""
     from distributed import Client as DaskClient
 
     if not isinstance(client, DaskClient):
         raise ValueError(
-            f"forkwait.offload() takes a distributed.Client, not {type(client).__qualname__}; "
+            f"{api} takes a distributed.Client, not {type(client).__qualname__}; "
             f"make one with distributed.Client(address) or pass the scheduler address"
         )
     if client.asynchronous:
         raise ValueError(
-            "forkwait.offload() needs a Client made with asynchronous=False (the default): "
+            f"{api} needs a Client made with asynchronous=False (the default): "
             "forkwait's futures are awaitable from any loop, so it submits from any thread"
         )
     with _lock:
@@ -167,8 +167,9 @@ def cluster_of(client: Any) -> Cluster:
         return cluster
 
 
-def cluster_at(address: str) -> Cluster:
-    """The target for a scheduler address: a client opened on first use, closed at exit."""
+def cluster_at(address: str, api: str = "forkwait.offload()") -> Cluster:
+    """The target for a scheduler address: a client opened on first use, closed at exit;
+    ``api`` names the caller."""
     with _lock:
         cluster = _by_address.get(address)
         if cluster is not None and cluster.client.status not in ("closed", "closing"):
@@ -177,10 +178,11 @@ def cluster_at(address: str) -> Cluster:
 
         try:
             client = DaskClient(address, set_as_default=False, timeout=10)  # type: ignore[no-untyped-call]
-        except OSError as exc:
+        except Exception as exc:  # OSError: nobody there; ValueError: no such address
             raise ValueError(
-                f"forkwait.offload({address!r}) could not reach a Dask scheduler there "
-                f"({exc}); check the address, or start one (dask scheduler)"
+                f"{api} could not reach a Dask scheduler at {address!r} "
+                f"({type(exc).__name__}: {exc}); check the address, such as "
+                f"'tcp://127.0.0.1:8786', or start one (dask scheduler)"
             ) from exc
         cluster = _by_address[address] = Cluster(client, owned=True)
         _clusters[id(client)] = cluster

@@ -9,6 +9,7 @@ target for code outside any ``offload()``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -97,14 +98,20 @@ def target_for(target: object, api: str) -> Target:
         from ._processes import processes
 
         return processes
+    if isinstance(target, str) and target.startswith("dask "):
+        target = target[len("dask ") :]  # as configure() names the target it has
     if isinstance(target, str) and "://" in target:
         from ._dask import cluster_at
 
-        return cluster_at(target)
-    if type(target).__module__.split(".")[0] == "distributed":
+        return cluster_at(target, api)
+    distributed = sys.modules.get("distributed")
+    if distributed is not None and (
+        isinstance(target, distributed.Client)  # an app's subclass too
+        or type(target).__module__.split(".")[0] == "distributed"  # a LocalCluster: a hint
+    ):
         from ._dask import cluster_of
 
-        return cluster_of(target)
+        return cluster_of(target, api)
     raise ValueError(
         f"{api} takes 'threads', 'processes', a distributed.Client, or a Dask scheduler "
         f"address such as 'tcp://127.0.0.1:8786'; got {target!r}"
