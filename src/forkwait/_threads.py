@@ -701,12 +701,15 @@ def run_queued(futs: list[Future[Any]]) -> Future[Any] | None:
     return None
 
 
-def _run_queued_or_stop(futs: list[Future[Any]]) -> None:
-    """``run_queued`` for a ``then()`` parent; a Ctrl-C in it raises here, as it would
-    have in this thread blocked while a worker ran it, not only to the callback (which
-    may ignore it). ``collect_all`` hands it back as the member's outcome instead."""
-    ran = run_queued(futs)
-    if ran is not None and interrupted_here(ran):
+def _run_what_it_follows(handle: After) -> None:
+    """Rule 1 for a future that starts once others are done: run those still queued here.
+
+    A Ctrl-C in a ``then()`` parent raises here, as it would have in this thread blocked
+    while a worker ran it, not only to the callback (which may ignore it); ``collect_all``
+    hands it back as the member's outcome instead.
+    """
+    ran = run_queued(list(handle.after))
+    if ran is not None and not isinstance(handle, Members) and interrupted_here(ran):
         ran.result()
 
 
@@ -732,7 +735,7 @@ def block(fut: Future[Any], timeout: float | None) -> None:
                 if member._state < DONE:
                     _wait_for_member(member, fut)
         elif isinstance(handle, After):  # a then() callback: its queued parent runs here
-            _run_queued_or_stop(list(handle.after))
+            _run_what_it_follows(handle)
     refuse_hopeless_wait(fut)
     waiter = allocate_lock()
     waiter.acquire()
@@ -843,11 +846,8 @@ def block_interruptibly(fut: Future[Any], timeout: float | None, observer: Obser
         if type(handle) is list:
             if run_inline(fut) and fut._state >= DONE:
                 return
-        elif isinstance(handle, After):  # collect_all's members, a then() parent: rule 1
-            if isinstance(handle, Members):
-                run_queued(list(handle.after))  # as block() does
-            else:
-                _run_queued_or_stop(list(handle.after))
+        elif isinstance(handle, After):  # collect_all's members, a then() parent
+            _run_what_it_follows(handle)
             if fut._state >= DONE:
                 return
     refuse_hopeless_wait(fut)
