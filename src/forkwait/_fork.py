@@ -39,7 +39,7 @@ from ._hosts import (
 from ._state import QUEUED, RUNNING
 from ._threads import call_in_a_worker, module_pool_for, pool, pool_for
 from ._torch import bind as bind_torch_state
-from ._torch import is_module_call
+from ._torch import is_module_call, is_plain_module
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 _FunctionType = types.FunctionType
@@ -75,7 +75,7 @@ def fork(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     if (
         func.__code__.co_flags & _CO_COROUTINE
         if type(func) is _FunctionType
-        else is_async_callable(func)
+        else not is_plain_module(func) and is_async_callable(func)
     ):
         fut = allocate_future(Future)
         fut._state = RUNNING

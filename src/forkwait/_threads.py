@@ -55,9 +55,9 @@ from ._hosts import (
     trio_token,
 )
 from ._state import DONE, FAILED, QUEUED, RUNNING
+from ._torch import InState, interop_threads, is_module_call, never_awaitable
 from ._torch import bind_inline as bind_torch_inline
 from ._torch import clean_up as clean_torch_state
-from ._torch import interop_threads, is_module_call, never_awaitable
 
 logger = logging.getLogger("forkwait")
 
@@ -316,6 +316,8 @@ class WorkerPool:
             call = take(fut)
             if call is not None:
                 fut._state = RUNNING
+                if type(call[0]) is InState:
+                    call[0].in_fresh_worker = True
                 if self.counts_busy:
                     self._busy.add(ident)
                     try:

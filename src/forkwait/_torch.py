@@ -27,7 +27,7 @@ _modules = sys.modules
 class TorchState:
     """What ``capture`` read: the torch state that a call runs under."""
 
-    __slots__ = ("autocast", "autocast_cache", "cuda", "grad", "inference", "modes")
+    __slots__ = ("autocast", "autocast_cache", "cuda", "grad", "inference", "modes", "plain")
 
     def __init__(
         self,
@@ -44,6 +44,8 @@ class TorchState:
         self.autocast_cache = autocast_cache
         self.cuda = cuda  # (device index, stream), once CUDA is initialized
         self.modes = modes  # None: no mode and no saved-tensor hooks
+        #: Grad and inference mode alone: the usual state, inference_mode() around a fork.
+        self.plain = not autocast and cuda is None and modes is None
 
     def __repr__(self) -> str:
         return (
@@ -199,12 +201,9 @@ _module_type: type | None = None
 def is_module_call(func: object, depth: int = 0) -> bool:
     """Whether ``func`` is a ``torch.nn.Module`` or a method of one, also as wrapped by a
     scope or a trace (plain functions that set ``__wrapped__``). About 0.2 us."""
-    global _module_type
-    module_type = _module_type
-    if module_type is None:
-        module_type = _module_type = getattr(_modules.get("torch.nn"), "Module", None)
-        if module_type is None:  # torch is still being imported, in another thread
-            return False
+    module_type = _module_type or _load_module_type()
+    if module_type is None:  # no torch, or it is still being imported in another thread
+        return False
     if isinstance(func, module_type):
         return True
     kind = type(func)
@@ -214,6 +213,25 @@ def is_module_call(func: object, depth: int = 0) -> bool:
         return False
     wrapped = getattr(func, "__wrapped__", None)
     return wrapped is not None and is_module_call(wrapped, depth + 1)
+
+
+def is_plain_module(func: object) -> bool:
+    """Whether ``func`` is a ``torch.nn.Module`` with the ``__call__`` of all modules
+    (sync), as ``fork`` asks before ``is_async_callable``: that would look for the
+    coroutine marker through ``Module.__getattr__``, which raises, 20-30 us cold."""
+    module_type = _module_type or _load_module_type()
+    return (
+        module_type is not None
+        and isinstance(func, module_type)
+        and type(func).__call__ is module_type.__call__
+    )
+
+
+def _load_module_type() -> type | None:
+    """``torch.nn.Module``, remembered once torch is usable; ``None`` until then."""
+    global _module_type
+    _module_type = getattr(_modules.get("torch.nn"), "Module", None)
+    return _module_type
 
 
 def interop_threads() -> int:
@@ -373,18 +391,24 @@ def _autocast_off(torch: Any) -> None:
 class InState:
     """A callable that runs ``func`` under ``state``, then restores the thread's own."""
 
-    __slots__ = ("func", "state")
+    __slots__ = ("func", "in_fresh_worker", "state")
 
     def __init__(self, state: TorchState, func: Callable[..., Any]) -> None:
         self.state = state
         self.func = func
+        #: Set by the worker that takes the call: a worker is fresh between calls (see
+        #: clean_up), so it has nothing of its own to hide or look at first.
+        self.in_fresh_worker = False
 
     def __repr__(self) -> str:
         return f"InState({self.state!r}, {self.func!r})"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         torch: Any = _modules["torch"]
-        if self.state.modes is None and not _has_modes():
+        state = self.state
+        if self.in_fresh_worker and state.plain:
+            return self._call_in_fresh_worker(torch, args, kwargs)
+        if state.modes is None and not _has_modes():
             try:
                 return self._call(torch, args, kwargs)
             finally:
@@ -398,6 +422,41 @@ class InState:
         finally:
             _take_modes(torch._C)  # the forker's, and any the call left pushed
             _put_modes(torch._C, own)
+
+    def _call_in_fresh_worker(
+        self, torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The usual case (a model forked under ``inference_mode()``) in a worker: grad
+        and inference mode set and put back, without first asking torch for a state
+        known to be fresh; the first call after the models ran is cold, so each of
+        torch's checks costs 1-3 us there."""
+        torch_c = torch._C
+        state = self.state
+        try:
+            if not state.inference:
+                torch_c._set_grad_enabled(state.grad)
+                try:
+                    return self.func(*args, **kwargs)
+                finally:
+                    torch_c._set_grad_enabled(True)
+            inference = torch_c._InferenceMode(True)
+            inference.__enter__()
+            try:
+                # Inside inference_mode grad is off unless the forker turned it back on.
+                torch_c._set_grad_enabled(state.grad)
+                try:
+                    return self.func(*args, **kwargs)
+                finally:
+                    torch_c._set_grad_enabled(False)
+            finally:
+                inference.__exit__(None, None, None)
+        finally:
+            # What the call left turned on (it may set autocast or push a mode without
+            # a with block) is not passed on to the worker's next call.
+            if autocast_on():
+                _autocast_off(torch)
+            if _has_modes():
+                _take_modes(torch_c)
 
     def _call(self, torch: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         state = self.state
