@@ -431,25 +431,8 @@ class InState:
         known to be fresh; the first call after the models ran is cold, so each of
         torch's checks costs 1-3 us there."""
         torch_c = torch._C
-        state = self.state
         try:
-            if not state.inference:
-                torch_c._set_grad_enabled(state.grad)
-                try:
-                    return self.func(*args, **kwargs)
-                finally:
-                    torch_c._set_grad_enabled(True)
-            inference = torch_c._InferenceMode(True)
-            inference.__enter__()
-            try:
-                # Inside inference_mode grad is off unless the forker turned it back on.
-                torch_c._set_grad_enabled(state.grad)
-                try:
-                    return self.func(*args, **kwargs)
-                finally:
-                    torch_c._set_grad_enabled(False)
-            finally:
-                inference.__exit__(None, None, None)
+            return self._call_in_modes(torch_c, self.state, args, kwargs, fresh=True)
         finally:
             # What the call left turned on (it may set autocast or push a mode without
             # a with block) is not passed on to the worker's next call.
@@ -482,18 +465,24 @@ class InState:
                     torch.set_autocast_enabled(device, was_on)
 
     def _call_in_modes(
-        self, torch_c: Any, state: TorchState, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        torch_c: Any,
+        state: TorchState,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        fresh: bool = False,
     ) -> Any:
         """``_call_under`` for a state of grad and inference mode alone (the usual one,
         ``inference_mode()`` around a model's fork): torch's own guards, without the
-        Python layers of its context managers and of an ExitStack (10 us a call)."""
+        Python layers of its context managers and of an ExitStack (10 us a call).
+        ``fresh``: the thread's state is known to be a fresh thread's, so not asked."""
         inference = None
-        if torch_c.is_inference_mode_enabled() != state.inference:
+        if state.inference if fresh else torch_c.is_inference_mode_enabled() != state.inference:
             inference = torch_c._InferenceMode(state.inference)
             inference.__enter__()
         try:
             # Inside inference_mode grad is off unless the forker turned it back on.
-            grad = torch_c.is_grad_enabled()
+            grad = not state.inference if fresh else torch_c.is_grad_enabled()
             torch_c._set_grad_enabled(state.grad)
             try:
                 return self.func(*args, **kwargs)
