@@ -1158,6 +1158,50 @@ def test_a_worker_is_fresh_after_a_call_forked_under_a_grad_mode(
     assert second == (thread, (True, False), False, (0, 0, False), "cpu")
 
 
+kept_guards: list[Any] = []
+
+
+def keeps_inference_mode_on() -> int:
+    guard = torch.inference_mode()
+    guard.__enter__()  # and no __exit__: the guard lives on, and so does the mode
+    kept_guards.append(guard)
+    return threading.get_ident()
+
+
+def keeps_saved_tensor_hooks_disabled() -> int:
+    guard = torch.autograd.graph.disable_saved_tensors_hooks("disabled by an earlier call")
+    guard.__enter__()
+    kept_guards.append(guard)
+    return threading.get_ident()
+
+
+@pytest.mark.parametrize("leak", [keeps_inference_mode_on, keeps_saved_tensor_hooks_disabled])
+def test_a_call_after_one_that_kept_a_guard_runs_under_its_forkers_state(
+    max_threads: Any, leak: Callable[[], int]
+) -> None:
+    """clean_up cannot end a guard that a call kept alive: the next call forked under
+    no_grad() still runs without inference mode and with saved-tensor hooks usable."""
+    max_threads(1)
+
+    def uses_hooks() -> tuple[int, bool, bool]:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            pass
+        return (
+            threading.get_ident(),
+            torch.is_inference_mode_enabled(),
+            torch.ones(1).is_inference(),
+        )
+
+    first = in_worker(leak)
+    try:
+        with torch.no_grad():
+            second = in_worker(uses_hooks)
+        assert second == (first, False, False)
+    finally:  # ended in the worker that entered it: a guard restores its own thread
+        in_worker(lambda: [g.__exit__(None, None, None) for g in kept_guards])
+        kept_guards.clear()
+
+
 def test_forking_a_module_does_not_look_through_its_getattr() -> None:
     """A module's ``__call__`` is sync: ``fork`` does not look for the coroutine marker,
     which ``Module.__getattr__`` would raise for (20-30 us when the caches are cold)."""

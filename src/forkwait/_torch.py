@@ -397,7 +397,7 @@ class InState:
         self.state = state
         self.func = func
         #: Set by the worker that takes the call: a worker is fresh between calls (see
-        #: clean_up), so it has nothing of its own to hide or look at first.
+        #: clean_up), but for guards a call kept, so it has little to look at first.
         self.in_fresh_worker = False
 
     def __repr__(self) -> str:
@@ -406,7 +406,9 @@ class InState:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         torch: Any = _modules["torch"]
         state = self.state
-        if self.in_fresh_worker and state.plain:
+        # Not fresh after all: a call (or a done callback) kept an inference_mode() or
+        # disable_saved_tensors_hooks() guard alive, which clean_up cannot undo.
+        if self.in_fresh_worker and state.plain and not _inference() and _hooks_enabled():
             return self._call_in_fresh_worker(torch, args, kwargs)
         if state.modes is None and not _has_modes():
             try:
